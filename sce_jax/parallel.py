@@ -1,0 +1,67 @@
+"""Device meshes and batch sharding: one ``data`` axis, parameters replicated.
+
+The search is data-parallel: every example is independent, so a batch is split over the
+``data`` axis of a mesh and the parameters are replicated. The same jitted function runs on
+one CPU, several GPUs, or several hosts (after ``jax.distributed.initialize``): XLA partitions
+it from the input shardings, with no ``pmap``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: all devices of all processes)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def padded_size(batch_size: int, mesh: Mesh | None) -> int:
+    """The smallest multiple of the mesh's data size that holds ``batch_size`` examples."""
+    if mesh is None:
+        return batch_size
+    n = mesh.shape[DATA_AXIS]
+    return -(-batch_size // n) * n
+
+
+def pad_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Pads every array on axis 0 to ``size`` by repeating its first row (values are unused:
+    the caller marks padding invalid)."""
+    out = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        if a.shape[0] > size:
+            raise ValueError(f"{name}: {a.shape[0]} rows do not fit a batch of {size}")
+        if a.shape[0] < size:
+            filler = np.repeat(a[:1], size - a.shape[0], axis=0) if a.shape[0] else np.zeros((size,) + a.shape[1:], a.dtype)
+            a = np.concatenate([a, filler], axis=0)
+        out[name] = a
+    return out
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+    """Places host arrays (the full batch, on every process) sharded over the data axis."""
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
+    return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx]), tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places parameters on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))

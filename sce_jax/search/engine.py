@@ -1,0 +1,140 @@
+"""The whole search for a batch: encode, K diversified attempts, distances. Pure and jittable.
+
+:func:`explain_batch` is the function :class:`sce_jax.Explainer` compiles; it can also be used
+directly inside a user's own ``jax.jit`` (all non-array arguments are static)::
+
+    fn = jax.jit(functools.partial(explain_batch, decode_fn=gen.decode_fn, encode_fn=gen.encode_fn,
+                                   logits_fn=clf.logits_fn, settings=settings, kind="class",
+                                   downsample=gen.downsample))
+    explanation = fn(gen.params, clf.params, batch)
+
+Diversification (DESIGN.md section 2.7): attempt ``k`` may only change pixels outside the
+union of the regions changed by the successful attempts before it::
+
+    allowed_k = region * (1 - locked_k)
+    locked_{k+1} = max(locked_k, success_k * changed_k)
+    changed_k = blur([d'_k >= tau] * [d_k > 0]) > 0,   d_k = sum_c |x_cf_k - x|
+
+(``d'`` is the blurred change map divided by its maximum, as for the edit mask; the final blur
+grows the locked region by the blur radius so the next attempt cannot work along its border).
+A failed attempt locks nothing.
+
+Randomness: example ``b`` with target ``t`` in attempt ``k`` uses
+``fold_in(fold_in(fold_in(key(seed), example_id_b), t), k)``, so its result does not depend on
+the batch size, the batch composition, the device count or the resume point.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sce_jax.search import masks, objectives, targets
+from sce_jax.search.config import SearchSettings
+from sce_jax.search.loop import run_attempt
+from sce_jax.search.smoothing import StepInputs
+
+
+class Batch(NamedTuple):
+    """One batch of searches (leading axis B)."""
+
+    images: jax.Array        # (B, H, W, C) float32 in [0, 1]
+    targets: jax.Array       # (B,) int32: class, attribute, or the class to leave ("other"; -1: predicted)
+    example_ids: jax.Array   # (B,) int32 global ids (randomness is keyed on them)
+    regions: jax.Array       # (B, H, W, 1) float32, 1 where the image may change
+    valid: jax.Array         # (B,) bool, False for padding
+    latents: jax.Array | None = None  # (B, h, w, c) starting latents (generators without encoder)
+
+
+class Explanation(NamedTuple):
+    """Results; per-attempt fields have leading axes (B, K)."""
+
+    image: jax.Array          # (B, K, H, W, C) counterfactuals
+    latent: jax.Array         # (B, K, h, w, c)
+    mask: jax.Array           # (B, K, H, W, 1)
+    success: jax.Array        # (B, K) bool (float image; re-check on 8-bit when writing)
+    nonfinite: jax.Array      # (B, K) bool: failed on NaN/inf
+    steps: jax.Array          # (B, K) int32 steps used
+    prob_after: jax.Array     # (B, K) target probability on the counterfactual
+    prediction_after: jax.Array  # (B, K) decision on the counterfactual (argmax class; multiclass)
+    latent_l1: jax.Array      # (B, K)
+    latent_l2: jax.Array
+    pixel_l1: jax.Array
+    pixel_l2: jax.Array
+    target: jax.Array         # (B,) resolved target
+    target_value: jax.Array   # (B,) desired decision of a flipped attribute (flip only)
+    prediction: jax.Array     # (B,) decision on the original (argmax class)
+    prob_prediction: jax.Array  # (B,) probability of that decision
+    prob_before: jax.Array    # (B,) target probability on the original
+    reconstruction: jax.Array  # (B, H, W, C) D(z0), for diagnostics
+
+
+def explain_batch(gen_params, cls_params, batch: Batch, *, decode_fn: Callable,
+                  encode_fn: Callable | None, logits_fn: Callable, settings: SearchSettings,
+                  kind: str, downsample: int, progress: Callable | None = None,
+                  on_trace: Callable[[], None] | None = None) -> Explanation:
+    """All K attempts of the search for one batch (see the module docstring)."""
+    if on_trace is not None:
+        on_trace()
+    if kind not in targets.KINDS:
+        raise ValueError(f"unknown target kind {kind!r}; one of {targets.KINDS}")
+
+    def decode(z):
+        return decode_fn(gen_params, z)
+
+    def logits_of(images):
+        return logits_fn(cls_params, images)
+
+    x = batch.images.astype(jnp.float32)
+    if batch.latents is not None:
+        z0 = batch.latents.astype(jnp.float32)
+    elif encode_fn is None:
+        raise ValueError("this generator has no encoder: pass starting latents in the batch")
+    else:
+        z0 = encode_fn(gen_params, x)
+    decoded0 = decode(z0)
+    logits0 = logits_of(x)
+    probs0 = jax.nn.softmax(logits0, axis=-1)
+    prediction = jnp.argmax(logits0, axis=-1)
+    target = batch.targets.astype(jnp.int32)
+    if kind == "other":
+        target = jnp.where(target < 0, prediction, target)
+    attribute_on = jnp.take_along_axis(logits0, jnp.clip(target, 0)[:, None], axis=-1)[:, 0] > 0
+    value = jnp.where(attribute_on, 0.0, 1.0).astype(jnp.float32)
+    if kind == "flip":
+        prob_prediction = jax.nn.sigmoid(jnp.abs(
+            jnp.take_along_axis(logits0, target[:, None], axis=-1)[:, 0]))
+    else:
+        prob_prediction = jnp.max(probs0, axis=-1)
+    prob_before = targets.target_probability(logits0, target, value, kind=kind)
+
+    root = jax.random.key(settings.seed)
+    base_keys = jax.vmap(lambda e, t: jax.random.fold_in(jax.random.fold_in(root, e), t))(
+        batch.example_ids.astype(jnp.uint32), target.astype(jnp.uint32))
+
+    def attempt(locked, k):
+        keys = jax.vmap(lambda key: jax.random.fold_in(key, k))(base_keys)
+        allowed = batch.regions * (1.0 - locked)
+        inp = StepInputs(x, z0, decoded0, allowed, target, value, keys)
+        res = run_attempt(inp, allowed, batch.valid, decode=decode, logits_fn=logits_of,
+                          settings=settings, kind=kind, downsample=downsample,
+                          progress=progress, attempt=k)
+        change = masks.change_map(res.image, x)
+        significant = masks.threshold_mask(change, blur_sigma=settings.mask.blur_sigma,
+                                           threshold=settings.mask.threshold) * (change > 0)
+        changed = (masks.gaussian_blur(significant, settings.mask.blur_sigma) > 0).astype(x.dtype)
+        locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
+        d = objectives.distances(res.latent, z0, res.image, x)
+        out = dict(image=res.image, latent=res.latent, mask=res.mask, success=res.success,
+                   nonfinite=res.nonfinite, steps=res.steps, prob_after=res.prob_after,
+                   prediction_after=jnp.argmax(res.logits, axis=-1), **d)
+        return locked, out
+
+    locked0 = jnp.zeros_like(batch.regions)
+    _, per_attempt = jax.lax.scan(attempt, locked0, jnp.arange(settings.attempts))
+    per_attempt = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), per_attempt)
+    return Explanation(**per_attempt, target=target, target_value=value, prediction=prediction,
+                       prob_prediction=prob_prediction, prob_before=prob_before,
+                       reconstruction=decoded0)

@@ -1,0 +1,176 @@
+"""One attempt of the counterfactual search for a batch, as a single ``lax.while_loop``.
+
+Each step, for every example that is still running:
+
+1. evaluate the output image ``x_cf(z)`` and its (smoothed) gradient;
+2. if the classifier gives the target decision on ``x_cf(z)``, the example has succeeded:
+   its state is frozen from here on (masked, never removed: shapes stay static);
+   a non-finite gradient, latent or logit marks it failed and freezes it too;
+3. otherwise mask, clip and sparsify the gradient, take an optimizer step, and reset the
+   latent to ``z0`` outside the latent mask;
+4. every ``period`` steps after the warm-up, recompute the edit mask from the change map.
+
+The loop ends when every valid example is done or the step budget is spent; then the last
+state of the examples still running is checked once more, and an example that never succeeded
+returns its best state so far (highest target probability). No host round trip happens per
+step; an optional progress callback runs through ``jax.debug.callback``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sce_jax.search import masks, objectives, targets, updates
+from sce_jax.search.config import SearchSettings
+from sce_jax.search.smoothing import StepInputs, objective_gradient
+
+
+class LoopState(NamedTuple):
+    step: jax.Array          # () int32
+    z: jax.Array             # (B, h, w, c)
+    opt_state: object
+    pixel_mask: jax.Array    # (B, H, W, 1)
+    latent_mask: jax.Array   # (B, h, w, 1)
+    done: jax.Array          # (B,) bool
+    success: jax.Array       # (B,) bool
+    nonfinite: jax.Array     # (B,) bool
+    steps_used: jax.Array    # (B,) int32
+    best_z: jax.Array
+    best_mask: jax.Array
+    best_p: jax.Array        # (B,) target probability of best_z
+
+
+class AttemptResult(NamedTuple):
+    image: jax.Array         # (B, H, W, C) counterfactual in [0, 1]
+    latent: jax.Array        # (B, h, w, c)
+    mask: jax.Array          # (B, H, W, 1) pixel mask the image was made with
+    logits: jax.Array        # (B, K) classifier on image
+    prob_after: jax.Array    # (B,)
+    success: jax.Array       # (B,) bool
+    nonfinite: jax.Array     # (B,) bool
+    steps: jax.Array         # (B,) int32
+
+
+def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode: Callable,
+                logits_fn: Callable, settings: SearchSettings, kind: str, downsample: int,
+                progress: Callable | None = None, attempt: int | jax.Array = 0) -> AttemptResult:
+    """Runs one attempt for a batch.
+
+    Args:
+      inp: the batch (``inp.mask`` is ignored: the mask starts as ``allowed``).
+      allowed: (B, H, W, 1) pixels that may change (user region times unlocked area).
+      valid: (B,) False for padding examples, which do no work.
+      decode, logits_fn: the generator's decoder and the classifier, over their parameters.
+      settings: the static search settings; kind: the target kind (see ``targets``).
+      downsample: image size / latent size.
+      progress: optional host function ``(attempt, step, num_done, num_valid)``.
+    """
+    optimizer = updates.make_optimizer(settings)
+    mask_cfg = settings.mask
+    lat_allowed = masks.latent_mask(allowed, downsample, 0)
+    pixel_mask0 = allowed
+    finite0 = objectives.all_finite(inp.z0, inp.decoded0, inp.x)
+
+    def with_mask(pixel_mask):
+        return inp._replace(mask=pixel_mask)
+
+    state = LoopState(
+        step=jnp.zeros((), jnp.int32),
+        z=inp.z0,
+        opt_state=optimizer.init(inp.z0),
+        pixel_mask=pixel_mask0,
+        latent_mask=lat_allowed,
+        done=~valid | ~finite0,
+        success=jnp.zeros_like(valid),
+        nonfinite=valid & ~finite0,
+        steps_used=jnp.zeros(valid.shape, jnp.int32),
+        best_z=inp.z0,
+        best_mask=pixel_mask0,
+        best_p=jnp.full(valid.shape, -1.0, jnp.float32),
+    )
+
+    def cond(s: LoopState):
+        return (s.step < settings.steps) & jnp.any(~s.done)
+
+    def body(s: LoopState):
+        out = objective_gradient(s.z, s.step, with_mask(s.pixel_mask), decode=decode,
+                                 logits_fn=logits_fn, settings=settings, kind=kind)
+        p = targets.target_probability(out.logits, inp.target, inp.value, kind=kind)
+        reached = targets.target_reached(out.logits, inp.target, inp.value, kind=kind,
+                                         goal_probability=settings.goal_probability)
+        finite = objectives.all_finite(out.grad, out.logits, s.z)
+        active = ~s.done
+        improve = active & finite & (p > s.best_p)
+        best_z = objectives.tree_select(improve, s.z, s.best_z)
+        best_mask = objectives.tree_select(improve, s.pixel_mask, s.best_mask)
+        best_p = jnp.where(improve, p, s.best_p)
+        success = s.success | (active & finite & reached)
+        nonfinite = s.nonfinite | (active & ~finite)
+        done = s.done | success | nonfinite
+        steps_used = jnp.where(active, s.step, s.steps_used)
+
+        grad = updates.process_gradient(jnp.where(finite.reshape(-1, 1, 1, 1), out.grad, 0.0),
+                                        s.latent_mask, settings)
+        step_updates, opt_state = optimizer.update(grad, s.opt_state, s.z)
+        z = inp.z0 + s.latent_mask * (s.z + step_updates - inp.z0)
+
+        pixel_mask, latent_mask = s.pixel_mask, s.latent_mask
+        if mask_cfg.enabled:
+            due = (s.step >= mask_cfg.warmup_steps) & ((s.step - mask_cfg.warmup_steps) % mask_cfg.period == 0)
+
+            def new_masks(_):
+                change = masks.change_map(out.decoded, inp.decoded0)
+                keep = masks.threshold_mask(change, blur_sigma=mask_cfg.blur_sigma,
+                                            threshold=mask_cfg.threshold) * allowed
+                pm = masks.soften(keep, allowed, mask_cfg.soft_border)
+                return pm, masks.latent_mask(pm, downsample, mask_cfg.dilation) * lat_allowed
+
+            pixel_mask, latent_mask = jax.lax.cond(due, new_masks, lambda _: (pixel_mask, latent_mask), None)
+            z = inp.z0 + latent_mask * (z - inp.z0)
+
+        keep = ~done
+        new = s._replace(
+            step=s.step + 1,
+            z=objectives.tree_select(keep, z, s.z),
+            opt_state=objectives.tree_select(keep, opt_state, s.opt_state),
+            pixel_mask=objectives.tree_select(keep, pixel_mask, s.pixel_mask),
+            latent_mask=objectives.tree_select(keep, latent_mask, s.latent_mask),
+            done=done, success=success, nonfinite=nonfinite, steps_used=steps_used,
+            best_z=best_z, best_mask=best_mask, best_p=best_p)
+        if progress is not None and settings.progress_every > 0:
+            jax.lax.cond(new.step % settings.progress_every == 0,
+                         lambda: jax.debug.callback(progress, attempt, new.step,
+                                                    jnp.sum(new.done & valid), jnp.sum(valid)),
+                         lambda: None)
+        return new
+
+    s = jax.lax.while_loop(cond, body, state)
+
+    # The examples still running were updated after their last check: check them once more.
+    decoded = decode(s.z)
+    x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, s.pixel_mask, mode=settings.output_mode)
+    logits = logits_fn(x_cf)
+    p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
+    reached = targets.target_reached(logits, inp.target, inp.value, kind=kind,
+                                     goal_probability=settings.goal_probability)
+    finite = objectives.all_finite(x_cf, logits, s.z)
+    running = ~s.done
+    success = s.success | (running & finite & reached)
+    nonfinite = s.nonfinite | (running & ~finite)
+    steps_used = jnp.where(running, s.step, s.steps_used)
+    # Failed examples return their best state; succeeded ones the state that succeeded.
+    use_best = ~success & (s.best_p > jnp.where(finite, p, -jnp.inf))
+    z = objectives.tree_select(use_best, s.best_z, s.z)
+    mask = objectives.tree_select(use_best, s.best_mask, s.pixel_mask)
+    decoded = jax.lax.cond(jnp.any(use_best), decode, lambda _: decoded, z)
+    x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, mask, mode=settings.output_mode)
+    logits = jax.lax.cond(jnp.any(use_best), logits_fn, lambda _: logits, x_cf)
+    p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
+    bad = nonfinite | ~objectives.all_finite(x_cf, logits)
+    image = objectives.tree_select(bad, inp.x, x_cf)
+    return AttemptResult(image=image, latent=z, mask=mask, logits=logits,
+                         prob_after=jnp.where(bad, jnp.nan, p), success=success & ~bad & valid,
+                         nonfinite=bad & valid, steps=steps_used)

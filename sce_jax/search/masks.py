@@ -1,0 +1,102 @@
+"""Edit masks: where a counterfactual may change (pixel and latent grids).
+
+Masks are float arrays of shape (B, H, W, 1) in pixels or (B, h, w, 1) in latents, 1 where the
+image may change. The edit mask of a search step (DESIGN.md section 2.6) is::
+
+    d    = sum_c |D(z) - x0|                 change map of the current reconstruction
+    d'   = blur_sigma(d) / max(blur_sigma(d))
+    keep = [d' >= tau] * allowed             allowed = user region * unlocked area
+    m    = blur_border(keep) * allowed       soft border, never outside ``allowed``
+
+and its latent version is a max-pool of ``m > 0`` over each latent cell, dilated by ``dilation``
+cells, so a latent cell may move when any pixel it decodes to may change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def gaussian_kernel1d(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian taps ``exp(-i^2 / 2 sigma^2)``, radius ``ceil(3 sigma)``."""
+    if sigma <= 0:
+        return np.ones((1,), np.float32)
+    radius = max(1, int(math.ceil(3 * sigma)))
+    i = np.arange(-radius, radius + 1, dtype=np.float32)
+    k = np.exp(-(i ** 2) / (2 * sigma ** 2))
+    return (k / k.sum()).astype(np.float32)
+
+
+def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
+    """Separable Gaussian blur of (B, H, W, 1) maps with zero padding outside the image."""
+    if sigma <= 0:
+        return maps
+    k = jnp.asarray(gaussian_kernel1d(sigma), maps.dtype)
+    n = k.shape[0]
+    dn = ("NHWC", "HWIO", "NHWC")
+    x = jax.lax.conv_general_dilated(maps, k.reshape(n, 1, 1, 1), (1, 1), "SAME", dimension_numbers=dn)
+    return jax.lax.conv_general_dilated(x, k.reshape(1, n, 1, 1), (1, 1), "SAME", dimension_numbers=dn)
+
+
+def change_map(decoded: jax.Array, reference: jax.Array) -> jax.Array:
+    """``sum_c |decoded - reference|`` as (B, H, W, 1)."""
+    return jnp.sum(jnp.abs(decoded - reference), axis=-1, keepdims=True)
+
+
+def threshold_mask(change: jax.Array, *, blur_sigma: float, threshold: float) -> jax.Array:
+    """Binary mask ``[blur(d) / max blur(d) >= threshold]`` per example; all ones where d = 0."""
+    blurred = gaussian_blur(change, blur_sigma)
+    peak = jnp.max(blurred, axis=(1, 2, 3), keepdims=True)
+    normalised = jnp.where(peak > 0, blurred / jnp.where(peak > 0, peak, 1.0), 1.0)
+    return (normalised >= threshold).astype(change.dtype)
+
+
+def soften(mask: jax.Array, allowed: jax.Array, border: float) -> jax.Array:
+    """Blurs a binary mask's border by ``border`` pixels, then keeps it inside ``allowed``.
+
+    The result is 1 well inside the mask, fades over the border, and is exactly 0 wherever
+    ``allowed`` is 0 (so locked or user-excluded pixels never change).
+    """
+    if border > 0:
+        mask = jnp.maximum(mask, gaussian_blur(mask, border))
+    return jnp.clip(mask, 0.0, 1.0) * allowed
+
+
+def max_pool(maps: jax.Array, factor: int) -> jax.Array:
+    """(B, H, W, 1) -> (B, H/f, W/f, 1), the maximum over each f x f cell."""
+    if factor == 1:
+        return maps
+    return jax.lax.reduce_window(maps, -jnp.inf, jax.lax.max, (1, factor, factor, 1),
+                                 (1, factor, factor, 1), "VALID")
+
+
+def dilate(maps: jax.Array, cells: int) -> jax.Array:
+    """Grows a binary (B, h, w, 1) mask by ``cells`` in every direction (square structuring)."""
+    if cells <= 0:
+        return maps
+    size = 2 * cells + 1
+    return jax.lax.reduce_window(maps, -jnp.inf, jax.lax.max, (1, size, size, 1), (1, 1, 1, 1), "SAME")
+
+
+def latent_mask(pixel_mask: jax.Array, factor: int, dilation: int) -> jax.Array:
+    """Latent cells that may move: any pixel of the cell may change, then dilated."""
+    return dilate((max_pool(pixel_mask, factor) > 0).astype(pixel_mask.dtype), dilation)
+
+
+def region_from_labels(label_map: np.ndarray, allowed_ids) -> np.ndarray:
+    """A binary region (…, H, W, 1) float32 from a segmentation label map and allowed ids.
+
+    ``label_map`` holds integer region ids, shape (H, W), (B, H, W) or with a trailing 1; the
+    region is 1 where the id is one of ``allowed_ids`` (STEEX's region-targeted setting).
+    """
+    labels = np.asarray(label_map)
+    if labels.shape[-1] != 1:
+        labels = labels[..., None]
+    ids = np.asarray(list(allowed_ids))
+    if ids.size == 0:
+        raise ValueError("region_from_labels: no allowed region ids given")
+    return np.isin(labels, ids).astype(np.float32)
