@@ -7,10 +7,11 @@ def model_classes() -> dict[str, type]:
     from sce_jax.models.autoencoder_kl import AutoencoderKL
     from sce_jax.models.autoencoder_tiny import AutoencoderTiny
     from sce_jax.models.densenet import DenseNet
+    from sce_jax.models.inception import InceptionV3
     from sce_jax.models.resnet import ResNet
     from sce_jax.models.small_cnn import SmallCNN
 
-    classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN)
+    classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN, InceptionV3)
     return {cls.__name__: cls for cls in classes}
 
 

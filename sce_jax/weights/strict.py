@@ -69,7 +69,7 @@ def load_torch_state_dict_into(
         state_dict = renamed
     rules, ignored = tensor_rules(model)
     state = nnx.state(model)
-    flat = {tuple(k): v for k, v in state.flat_state()}
+    flat = {tuple(k): v for k, v in nnx.to_flat_state(state)}
     by_key = {rule.torch_key: rule for rule in rules}
     missing = [k for k in by_key if k not in state_dict]
     ignorable = set(ignored)

@@ -154,7 +154,7 @@ def tensor_rules(model: nnx.Module) -> tuple[list[TensorRule], list[str]]:
 def nnx_to_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
     """The PyTorch-layout state dict of an NNX port (for writing diffusers/torch files)."""
     state = nnx.state(model)
-    flat = {tuple(k): v for k, v in state.flat_state()}
+    flat = {tuple(k): v for k, v in nnx.to_flat_state(state)}
     rules, _ = tensor_rules(model)
     out = {}
     for rule in rules:
