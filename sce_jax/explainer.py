@@ -33,8 +33,9 @@ class Explainer:
       classifier: the classifier to explain.
       config: a search config (``sce_jax.search.default_search_config()``; missing keys take
         the defaults, unknown keys raise).
-      mesh: a device mesh with a ``data`` axis (default: all local devices when there are
-        several, else none).
+      mesh: a device mesh with a ``data`` axis (default: all devices when there are several,
+        else none). With several processes (``jax.distributed``), each process passes its own
+        rows to ``explain``/``prepare_batch`` and gets its own rows back.
       progress: optional host function ``(attempt, step, num_done, num_valid)`` called every
         ``config.progress_every`` steps from inside the compiled loop.
     """
@@ -145,7 +146,7 @@ class Explainer:
         batch, size = self.prepare_batch(images, targets, kind=kind, example_ids=example_ids,
                                          regions=regions, latents=latents)
         out = self.explain_arrays(batch, kind=kind)
-        return jax.tree.map(lambda a: np.asarray(a)[:size], out)
+        return jax.tree.map(lambda a: parallel.local_rows(a)[:size], out)
 
 
 def all_other_classes(predictions: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

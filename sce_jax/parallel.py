@@ -31,11 +31,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def local_device_count(mesh: Mesh) -> int:
+    """Devices of the mesh that belong to this process."""
+    return len(mesh.local_devices)
+
+
 def padded_size(batch_size: int, mesh: Mesh | None) -> int:
-    """The smallest multiple of the mesh's data size that holds ``batch_size`` examples."""
+    """The smallest multiple of this process's mesh devices that holds ``batch_size`` rows.
+
+    With several processes each one passes its own rows (its share of the global batch), so
+    every process must pad to the same size: keep ``batch_size`` equal on all of them.
+    """
     if mesh is None:
         return batch_size
-    n = mesh.shape[DATA_AXIS]
+    n = local_device_count(mesh)
     return -(-batch_size // n) * n
 
 
@@ -55,11 +64,30 @@ def pad_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]
 
 
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
-    """Places host arrays (the full batch, on every process) sharded over the data axis."""
+    """Places this process's rows of a batch, sharded over the data axis.
+
+    With one process the rows are the whole batch. With several, each process passes its own
+    rows and the result is one global array whose rows are the processes' rows in process
+    order (``jax.make_array_from_process_local_data``).
+    """
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
         return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
-    return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx]), tree)
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded result, as numpy (all rows with one process)."""
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
+        return np.asarray(array)
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    seen, rows = set(), []
+    for shard in shards:  # replicas along other mesh axes hold the same rows once each
+        start = shard.index[0].start or 0
+        if start not in seen:
+            seen.add(start)
+            rows.append(np.asarray(shard.data))
+    return np.concatenate(rows, axis=0)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

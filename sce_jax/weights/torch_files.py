@@ -46,18 +46,32 @@ def strip_prefix(state_dict: Mapping[str, np.ndarray], prefix: str = "module.") 
     return dict(state_dict)
 
 
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """numpy arrays of a safetensors file; bfloat16 tensors (which numpy lacks) become float32."""
+    from safetensors import safe_open
+    try:
+        out = {}
+        with safe_open(path, framework="numpy") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                if tensor.dtype.kind == "V" or tensor.dtype.name == "bfloat16":
+                    tensor = tensor.astype(np.float32)
+                out[key] = tensor
+        return out
+    except Exception as e:  # safetensors raises its own error types
+        if "bfloat16" not in str(e) and "bf16" not in str(e).lower():
+            raise WeightFileError(f"{path}: not a readable safetensors file ({e})") from None
+    with safe_open(path, framework="flax") as f:  # jax has bfloat16
+        return {key: np.asarray(f.get_tensor(key).astype("float32")) for key in f.keys()}
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a ``.safetensors``, ``.bin``, ``.pth``, ``.pt`` or ``.ckpt`` file as numpy arrays."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightFileError(f"{path}: no such weight file")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        try:
-            sd = load_file(path)
-        except Exception as e:  # safetensors raises its own error types
-            raise WeightFileError(f"{path}: not a readable safetensors file ({e})") from None
-        return strip_prefix(sd)
+        return strip_prefix(_read_safetensors(path))
     if path.endswith(TORCH_PICKLE_SUFFIXES):
         try:
             import torch

@@ -1,0 +1,358 @@
+"""A dataset-wide explanation run: batches -> search -> 8-bit images + manifest -> report.
+
+``explain_dataset(config, workdir)`` is what ``scripts/explain.py`` calls. The workdir holds::
+
+    run_config.json          the config the run started with (a resume must use the same)
+    images/<id>/...          original.png, and per (target t, attempt a): cf_t<t>_a<a>.png,
+                             diff_t<t>_a<a>.png (heat map), mask_t<t>_a<a>.png
+    parts/<process>-<id>.jsonl   the records of one batch, written atomically after its images
+    manifest.jsonl           all records, sorted, rebuilt atomically from parts/
+    summary.json, report.html
+
+Resume: an example is done when a part file holds its records; a rerun skips those and
+finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
+is re-checked on the 8-bit images that are written. SIGTERM (preemption) finishes the batch
+in flight, writes the manifest and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from sce_jax import data as data_lib
+from sce_jax import image_io, parallel
+from sce_jax.explainer import Explainer, all_other_classes
+from sce_jax.loaders import load_classifier, load_generator
+from sce_jax.progress import Progress
+from sce_jax.run_config import RunConfigError, validate_run_config
+from sce_jax.search import targets as target_lib
+from sce_jax.search.config import settings_from_config
+
+RUN_CONFIG_FILE = "run_config.json"
+MANIFEST = "manifest.jsonl"
+SUMMARY = "summary.json"
+PARTS = "parts"
+IMAGES = "images"
+# Config fields that change results: a resume with other values would mix two runs.
+RESULT_DEFINING = ("data", "generator", "classifier", "targets", "search")
+
+
+class StopRequested(Exception):
+    """Raised inside the run when SIGTERM/SIGINT asked it to stop after the current batch."""
+
+
+@dataclasses.dataclass
+class RunState:
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    with image_io.atomic_write(path, "w", fsync=True, encoding="utf-8") as f:
+        f.write(text)
+
+
+def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    path = os.path.join(workdir, RUN_CONFIG_FILE)
+    current = json.loads(config.to_json_best_effort())
+    if os.path.exists(path) and read_records(workdir):
+        with open(path) as f:
+            previous = json.load(f)
+        changed = [k for k in RESULT_DEFINING if previous.get(k) != current.get(k)]
+        if changed:
+            raise RunConfigError(
+                f"{workdir} holds a run made with another config (differs in: {', '.join(changed)}); "
+                "resume with the same config or choose a new --workdir")
+    else:
+        _atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def read_records(workdir: str) -> list[dict[str, Any]]:
+    """All records of the committed part files (a half-written part never exists: atomic)."""
+    parts = os.path.join(workdir, PARTS)
+    records = []
+    if not os.path.isdir(parts):
+        return records
+    for name in sorted(os.listdir(parts)):
+        if not name.endswith(".jsonl"):
+            continue
+        with open(os.path.join(parts, name)) as f:
+            records.extend(json.loads(line) for line in f if line.strip())
+    return records
+
+
+def assemble_manifest(workdir: str) -> list[dict[str, Any]]:
+    """Rebuilds ``manifest.jsonl`` from the parts: sorted, one record per (id, target, attempt)."""
+    unique = {}
+    for r in read_records(workdir):
+        unique[(r["example_id"], r.get("target", -1), r.get("attempt", -1))] = r
+    records = [unique[k] for k in sorted(unique)]
+    _atomic_write_text(os.path.join(workdir, MANIFEST),
+                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    return records
+
+
+def summarise(records: list[dict[str, Any]], *, elapsed: float, new_counterfactuals: int) -> dict:
+    """Run-level numbers: flip rate on 8-bit images, mean distances, throughput."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    images = {r["example_id"] for r in records}
+    skipped = {r["example_id"] for r in records if r.get("status") != "ok"}
+
+    def mean(key, rows):
+        values = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+        return float(np.mean(values)) if values else None
+
+    succeeded = [r for r in ok if r["success"]]
+    first_attempts = [r for r in ok if r["attempt"] == 0]
+    return {
+        "num_images": len(images),
+        "num_skipped": len(skipped),
+        "num_counterfactuals": len(ok),
+        "flip_rate": float(np.mean([r["success"] for r in ok])) if ok else None,
+        "flip_rate_first_attempt": float(np.mean([r["success"] for r in first_attempts])) if first_attempts else None,
+        "mean_latent_l1": mean("latent_l1", succeeded),
+        "mean_pixel_l1": mean("pixel_l1", succeeded),
+        "mean_pixel_l2": mean("pixel_l2", succeeded),
+        "mean_changed_fraction": mean("changed_fraction", succeeded),
+        "mean_steps": mean("steps", ok),
+        "counterfactuals_per_second": new_counterfactuals / elapsed if elapsed > 0 else None,
+        "elapsed_seconds": elapsed,
+    }
+
+
+class _Writer:
+    """Writes one batch's images, then its part file (the commit point of the batch)."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, process_index: int):
+        self.workdir = workdir
+        self.config = config
+        self.process_index = process_index
+        os.makedirs(os.path.join(workdir, PARTS), exist_ok=True)
+        os.makedirs(os.path.join(workdir, IMAGES), exist_ok=True)
+
+    def image_dir(self, example_id: int) -> str:
+        return os.path.join(IMAGES, f"{example_id:07d}")
+
+    def write_batch(self, first_id: int, records: list[dict[str, Any]]) -> None:
+        name = f"p{self.process_index:03d}-{first_id:09d}.jsonl"
+        _atomic_write_text(os.path.join(self.workdir, PARTS, name),
+                           "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def _install_stop_handlers(state: RunState):
+    previous = {}
+
+    def handler(signum, frame):
+        logging.warning("signal %d: finishing the current batch, then stopping", signum)
+        state.stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM,):
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _stop_requested(state: RunState, process_count: int) -> bool:
+    """True on every process as soon as any process was asked to stop (a collective)."""
+    if process_count == 1:
+        return state.stop.is_set()
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray([state.stop.is_set()]))
+    if np.any(flags):
+        state.stop.set()
+    return bool(np.any(flags))
+
+
+def _restore_handlers(previous):
+    for sig, old in previous.items():
+        signal.signal(sig, old)
+
+
+def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
+                    state: RunState | None = None) -> dict[str, Any]:
+    """Explains every example of ``config.data.source``; resumable. Returns the summary."""
+    validate_run_config(config)
+    settings = settings_from_config(config.search)  # search config errors before any work
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    state = state or RunState()
+    process_index, process_count = jax.process_index(), jax.process_count()
+
+    generator = load_generator(config.generator)
+    classifier = load_classifier(config.classifier)
+    if config.targets.kind in ("class", "flip") and config.targets.class_index >= 0:
+        classifier.check_target(config.targets.class_index)
+    dataset = data_lib.open_dataset(
+        config.data.source, image_size=tuple(config.data.image_size),
+        channels=int(config.data.channels), crop=bool(config.data.crop),
+        images_key=config.data.npz_images_key, labels_key=config.data.npz_labels_key,
+        limit=int(config.data.limit) or None,
+        num_classes=classifier.num_outputs if classifier.head == "multiclass" else None)
+    generator.latent_shape(tuple(config.data.image_size))  # a size that does not fit: now
+    _check_resume_config(config, workdir)
+
+    explainer = Explainer(generator, classifier, config.search)
+    kind = {"all_others": "class", "csv": "class"}.get(config.targets.kind, config.targets.kind)
+    logits_jit = jax.jit(classifier.logits_fn)
+
+    done = {r["example_id"] for r in read_records(workdir)}
+    todo = dataset.count_remaining(done, process_index=process_index, process_count=process_count)
+    per_image = (classifier.num_outputs - 1 if config.targets.kind == "all_others" else 1) * settings.attempts
+    logging.info("%s: %d examples, %d already done, %d to explain on process %d/%d",
+                 config.data.source, dataset.num_examples, len(done), todo, process_index, process_count)
+    writer = _Writer(workdir, config, process_index)
+    progress = Progress(todo * per_image, unit="counterfactuals")
+    previous = _install_stop_handlers(state)
+    start = time.monotonic()
+    produced = 0
+    try:
+        # Every process runs the same number of (collective) batches, padding with empty ones.
+        num_batches = data_lib.max_num_batches(dataset, int(config.batch_size),
+                                               process_count=process_count, skip_ids=done)
+        for batch in data_lib.iterate_batches(dataset, int(config.batch_size), skip_ids=done,
+                                              process_index=process_index, process_count=process_count,
+                                              pad_to_num_batches=num_batches):
+            records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind, writer)
+            if records:
+                writer.write_batch(min(r["example_id"] for r in records), records)
+            n_cf = sum(1 for r in records if r["status"] == "ok")
+            produced += n_cf
+            progress.update(n_cf)
+            if _stop_requested(state, process_count):
+                logging.warning("stopped on request after a complete batch; rerun to resume")
+                break
+    finally:
+        _restore_handlers(previous)
+    elapsed = time.monotonic() - start
+    if process_count > 1:  # all parts written before anyone assembles (shared workdir)
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("sce_jax.run: batches written")
+        if process_index != 0:
+            return summarise(read_records(workdir), elapsed=elapsed, new_counterfactuals=produced)
+    records = assemble_manifest(workdir)
+    summary = summarise(records, elapsed=elapsed, new_counterfactuals=produced)
+    summary["complete"] = not state.stop.is_set()
+    _atomic_write_text(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2, sort_keys=True))
+    if config.output.report:
+        from sce_jax import report
+        report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
+                            max_examples=int(config.output.report_max_examples))
+    return summary
+
+
+def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
+                   writer: _Writer) -> list[dict[str, Any]]:
+    """Searches one data batch and writes its images; returns its manifest records."""
+    labels_by_id = dict(zip(np.asarray(batch.example_ids).tolist(), np.asarray(batch.labels).tolist()))
+    records = [_skip_record(s, _label(labels_by_id.get(int(s.example_id), -1))) for s in batch.skipped]
+    valid = np.asarray(batch.valid, bool)
+    if not valid.any() and jax.process_count() == 1:  # with several processes all take part
+        return records
+    images = np.asarray(batch.images, np.float32)
+    ids = np.asarray(batch.example_ids)
+    regions = np.asarray(batch.regions, np.float32)
+    rows = np.arange(images.shape[0])
+    target_kind = config.targets.kind
+    if target_kind == "all_others":
+        predictions = np.asarray(jnp.argmax(logits_jit(classifier.params, images), -1))
+        rows, targets = all_other_classes(predictions, classifier.num_outputs)
+    elif target_kind == "csv":
+        targets = np.asarray(batch.targets, np.int32)
+        bad = valid & (targets < 0)
+        for i in np.flatnonzero(bad):
+            records.append(_skip_record(data_lib.SkipRecord(int(ids[i]), batch.sources[i],
+                                                            "the CSV gives no target for this image")))
+        valid = valid & ~bad
+    elif target_kind == "class" or (target_kind == "flip" and config.targets.class_index >= 0):
+        targets = np.full(images.shape[0], config.targets.class_index, np.int32)
+    elif target_kind == "flip":
+        targets = np.zeros(images.shape[0], np.int32)
+    else:  # "other": leave the predicted class
+        targets = np.full(images.shape[0], -1, np.int32)
+    batch_arrays, size = explainer.prepare_batch(
+        images[rows], targets, kind=kind, example_ids=ids[rows], regions=regions[rows],
+        valid=valid[rows])
+    result = explainer.explain_arrays(batch_arrays, kind=kind)
+    result = jax.tree.map(lambda a: parallel.local_rows(a)[:size], result)
+
+    # Validity on what is written: quantise to 8 bits and classify again.
+    k = result.image.shape[1]
+    quantised = image_io.to_uint8(result.image)
+    flat = quantised.reshape((-1,) + quantised.shape[2:]).astype(np.float32) / 255.0
+    logits8 = np.asarray(logits_jit(classifier.params, flat)).reshape(size, k, -1)
+    target_rep = np.repeat(result.target, k)
+    value_rep = np.repeat(result.target_value, k)
+    reached8 = np.asarray(target_lib.target_reached(
+        jnp.asarray(logits8.reshape(size * k, -1)), jnp.asarray(target_rep), jnp.asarray(value_rep),
+        kind=kind, goal_probability=explainer.settings.goal_probability)).reshape(size, k)
+    prob8 = np.asarray(target_lib.target_probability(
+        jnp.asarray(logits8.reshape(size * k, -1)), jnp.asarray(target_rep), jnp.asarray(value_rep),
+        kind=kind)).reshape(size, k)
+
+    written_originals = set()
+    for j in range(size):
+        i = rows[j]
+        if not valid[i]:
+            continue
+        example_id = int(ids[i])
+        folder = writer.image_dir(example_id)
+        os.makedirs(os.path.join(writer.workdir, folder), exist_ok=True)
+        original = os.path.join(folder, "original.png")
+        if example_id not in written_originals:
+            image_io.write_png(os.path.join(writer.workdir, original), images[i])
+            written_originals.add(example_id)
+        target = int(result.target[j])
+        for a in range(k):
+            stem = f"t{target}_a{a}"
+            files = {"original": original,
+                     "counterfactual": os.path.join(folder, f"cf_{stem}.png")}
+            image_io.write_png(os.path.join(writer.workdir, files["counterfactual"]), quantised[j, a])
+            if config.output.heatmaps:
+                files["difference"] = os.path.join(folder, f"diff_{stem}.png")
+                image_io.write_png(os.path.join(writer.workdir, files["difference"]),
+                                   image_io.difference_heatmap(images[i], quantised[j, a].astype(np.float32) / 255.0))
+            if config.output.masks:
+                files["mask"] = os.path.join(folder, f"mask_{stem}.png")
+                image_io.write_png(os.path.join(writer.workdir, files["mask"]), result.mask[j, a])
+            change = np.abs(quantised[j, a].astype(np.float32) / 255.0 - images[i]).max(-1)
+            records.append({
+                "example_id": example_id, "source": batch.sources[i],
+                "label": _label(batch.labels[i]),
+                "status": "ok", "reason": None,
+                "prediction": int(result.prediction[j]),
+                "prob_prediction": float(result.prob_prediction[j]),
+                "target": target, "target_kind": config.targets.kind if config.targets.kind in ("flip", "other") else "class",
+                "attempt": a,
+                "success": bool(reached8[j, a] and not result.nonfinite[j, a]),
+                "success_float": bool(result.success[j, a]),
+                "nonfinite": bool(result.nonfinite[j, a]),
+                "steps": int(result.steps[j, a]),
+                "prob_target_before": float(result.prob_before[j]),
+                "prob_target_after": float(prob8[j, a]),
+                "prediction_after": int(np.argmax(logits8[j, a])),
+                "latent_l1": float(result.latent_l1[j, a]), "latent_l2": float(result.latent_l2[j, a]),
+                "pixel_l1": float(result.pixel_l1[j, a]), "pixel_l2": float(result.pixel_l2[j, a]),
+                "changed_fraction": float(np.mean(change > 2.0 / 255.0)),
+                "files": files,
+            })
+    return records
+
+
+def _skip_record(skip, label: int | None = None) -> dict[str, Any]:
+    return {"example_id": int(skip.example_id), "source": skip.source, "label": label,
+            "status": "skipped", "reason": skip.reason, "target": -1, "attempt": -1, "files": {}}
+
+
+def _label(value) -> int | None:
+    return None if value is None or int(value) < 0 else int(value)

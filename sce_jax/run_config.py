@@ -1,0 +1,92 @@
+"""The configuration of a dataset-wide explanation run (``scripts/explain.py``).
+
+Config files in ``configs/`` start from :func:`base_run_config` and set what differs; the
+command line overrides any field (``--config.search.steps=50``). Every key is listed here
+with its meaning; ml_collections refuses keys that are not (a typo fails before any work).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sce_jax.search.config import default_search_config
+
+TARGET_KINDS = ("flip", "class", "other", "all_others", "csv")
+
+
+def base_run_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = ""            # image folder, .npz (images/labels) or .csv (path,target[,region])
+    c.data.npz_images_key = "images"
+    c.data.npz_labels_key = "labels"
+    c.data.image_size = (32, 32)  # (height, width) the generator works at
+    c.data.channels = 1           # 1 (grey) or 3 (RGB)
+    c.data.crop = False           # center-crop to the aspect ratio before resizing
+    c.data.limit = 0              # explain only the first N examples (0: all)
+
+    c.generator = ml_collections.ConfigDict()
+    c.generator.checkpoint = ""   # orbax checkpoint directory (scripts/convert_weights.py)
+    c.generator.diffusers = ""    # or: a diffusers folder / pipeline folder / cached repo id
+    c.generator.kind = "kl"       # with diffusers: "kl" (AutoencoderKL) or "tiny" (AutoencoderTiny)
+    c.generator.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+
+    c.classifier = ml_collections.ConfigDict()
+    c.classifier.checkpoint = ""  # orbax checkpoint directory
+    c.classifier.head = "multiclass"  # "multiclass" (softmax) or "multilabel" (sigmoid per output)
+    c.classifier.input_size = ()  # resize inputs to (h, w) first; () keeps the generator's size
+    c.classifier.channels = 0     # channels the network expects (0: as the data)
+    c.classifier.mean = (0.0,)    # normalisation: (x - mean) / std per channel
+    c.classifier.std = (1.0,)
+    c.classifier.class_names = ()  # names for reports (optional)
+
+    c.targets = ml_collections.ConfigDict()
+    c.targets.kind = "other"      # one of TARGET_KINDS
+    c.targets.class_index = -1    # the class to reach (kind "class"), attribute to flip ("flip")
+
+    c.search = default_search_config()
+
+    c.batch_size = 8
+    c.output = ml_collections.ConfigDict()
+    c.output.heatmaps = True
+    c.output.masks = True
+    c.output.report = True
+    c.output.report_max_examples = 200
+    c.log_every_batches = 1
+    return c
+
+
+class RunConfigError(ValueError):
+    """A run configuration that cannot work, found before any work starts."""
+
+
+def validate_run_config(config: ml_collections.ConfigDict) -> None:
+    """Checks the values a run needs, with one clear message per problem."""
+    problems = []
+    if not config.data.source:
+        problems.append("data.source is empty: name an image folder, an .npz or a .csv")
+    if not (config.generator.checkpoint or config.generator.diffusers):
+        problems.append("generator: set generator.checkpoint (orbax) or generator.diffusers")
+    if config.generator.checkpoint and config.generator.diffusers:
+        problems.append("generator: set only one of generator.checkpoint and generator.diffusers")
+    if config.generator.kind not in ("kl", "tiny"):
+        problems.append(f"generator.kind={config.generator.kind!r}: must be 'kl' or 'tiny'")
+    if config.generator.dtype not in ("float32", "bfloat16"):
+        problems.append(f"generator.dtype={config.generator.dtype!r}: must be float32 or bfloat16")
+    if not config.classifier.checkpoint:
+        problems.append("classifier.checkpoint is empty")
+    if config.classifier.head not in ("multiclass", "multilabel"):
+        problems.append(f"classifier.head={config.classifier.head!r}: must be multiclass or multilabel")
+    if config.targets.kind not in TARGET_KINDS:
+        problems.append(f"targets.kind={config.targets.kind!r}: must be one of {TARGET_KINDS}")
+    if config.targets.kind == "class" and config.targets.class_index < 0:
+        problems.append("targets.kind='class' needs targets.class_index >= 0")
+    if config.batch_size < 1:
+        problems.append(f"batch_size={config.batch_size}: must be >= 1")
+    if config.data.channels not in (1, 3):
+        problems.append(f"data.channels={config.data.channels}: must be 1 or 3")
+    if len(tuple(config.data.image_size)) != 2:
+        problems.append(f"data.image_size={tuple(config.data.image_size)}: must be (height, width)")
+    if problems:
+        raise RunConfigError("the run config has problems:\n  " + "\n  ".join(problems))

@@ -1,0 +1,56 @@
+"""Converts PyTorch checkpoints into the orbax checkpoints a run config names.
+
+    # an autoencoder: a diffusers folder, a pipeline folder (its vae/), or a cached repo id
+    python scripts/convert_weights.py --autoencoder=/models/sd-vae-ft-mse --out=ckpt/vae
+    python scripts/convert_weights.py --autoencoder=madebyollin/taesd --tiny --out=ckpt/taesd
+
+    # a torchvision classifier (.pth/.pt state dict or checkpoint dict, or .safetensors)
+    python scripts/convert_weights.py --classifier=resnet50.pth --arch=resnet50 --out=ckpt/clf
+
+Loading is strict: a missing, unexpected or mis-shaped tensor stops with the full lists.
+The classifier's number of classes is read from its head unless --num_classes is given.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from sce_jax.weights.checkpoint import save_model  # noqa: E402
+
+flags.DEFINE_string("autoencoder", "", "diffusers folder, pipeline folder or cached repo id")
+flags.DEFINE_bool("tiny", False, "the autoencoder is an AutoencoderTiny (TAESD)")
+flags.DEFINE_string("classifier", "", "torchvision checkpoint file")
+flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101", "densenet121"],
+                  "classifier architecture")
+flags.DEFINE_integer("num_classes", 0, "classifier outputs (0: read from the checkpoint's head)")
+flags.DEFINE_string("out", "", "output checkpoint directory (must not exist yet)")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if bool(FLAGS.autoencoder) == bool(FLAGS.classifier):
+        raise app.UsageError("give exactly one of --autoencoder and --classifier")
+    if not FLAGS.out:
+        raise app.UsageError("--out is required")
+    if FLAGS.autoencoder:
+        if FLAGS.tiny:
+            from sce_jax.models.autoencoder_tiny import AutoencoderTiny as cls
+        else:
+            from sce_jax.models.autoencoder_kl import AutoencoderKL as cls
+        model = cls.from_pretrained(FLAGS.autoencoder)
+    else:
+        from sce_jax.weights.torchvision_import import load_torchvision_classifier
+        model = load_torchvision_classifier(FLAGS.classifier, FLAGS.arch,
+                                            num_classes=FLAGS.num_classes or None)
+    path = save_model(model, FLAGS.out)
+    print(f"wrote {type(model).__name__} to {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,147 @@
+"""Trains the demo models that ship in sce_jax/assets/ (Fashion-MNIST and squares).
+
+    apt-get install dataset-fashion-mnist       # the idx files, /usr/share/datasets/fashion-mnist
+    python scripts/train_demo_models.py --out=sce_jax/assets
+
+For each demo: a small AutoencoderKL (orbax checkpoint + a diffusers-format copy that
+diffusers' PyTorch class loads), the classifier to explain, and an independently trained
+surrogate classifier (other seed and widths; for the non-adversarial-rate metric). Also writes
+the demo data (a balanced Fashion-MNIST test subset; a squares test set with its factors) and
+provenance.json with the settings, seeds and measured quality. Deterministic given the seeds.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from sce_jax import demo_training as T  # noqa: E402
+from sce_jax.datasets import fashion_mnist, squares  # noqa: E402
+from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig  # noqa: E402
+from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig  # noqa: E402
+from sce_jax.weights.checkpoint import save_model  # noqa: E402
+from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers  # noqa: E402
+
+flags.DEFINE_string("out", os.path.join(ROOT, "sce_jax", "assets"), "Asset directory to (re)write.")
+flags.DEFINE_enum("demo", "all", ["all", "fashion_mnist", "squares"], "Which demo to train.")
+flags.DEFINE_float("scale", 1.0, "Multiplies every step count (0.05 for a quick check).")
+FLAGS = flags.FLAGS
+
+# Small enough to train in minutes on 2 CPU cores: 32x32x1 -> 8x8x4 and 64x64x3 -> 8x8x4.
+FASHION_AE = dict(in_channels=1, out_channels=1, block_out_channels=(16, 32, 32),
+                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                  layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32,
+                  mid_block_add_attention=False)
+SQUARES_AE = dict(in_channels=3, out_channels=3, block_out_channels=(16, 32, 32, 32),
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64,
+                  mid_block_add_attention=False)
+
+
+def steps(n: int) -> int:
+    return max(10, int(n * FLAGS.scale))
+
+
+def _fresh(directory: str) -> str:
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    return directory
+
+
+def pad_to_32(images: np.ndarray) -> np.ndarray:
+    """28x28 Fashion-MNIST -> 32x32 (2 black pixels each side), float32 [0, 1] NHWC."""
+    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    return np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+
+
+def train_demo(name, out, train_x, train_y, test_x, test_y, ae_config, widths, surrogate_widths,
+               ae_steps, cls_steps, num_classes, seed, augment_flip):
+    record = {}
+    t0 = time.time()
+    ae = AutoencoderKL(AutoencoderKLConfig(**ae_config), rngs=nnx.Rngs(seed))
+    ae, parts = T.train_autoencoder(ae, train_x, T.TrainSettings(ae_steps, 32, 2e-3, seed=seed))
+    std = T.latent_std(ae, train_x[:4096])
+    ae = T.with_config(ae, scaling_factor=round(1.0 / std, 5))
+    record["autoencoder"] = {
+        "config": ae_config, "steps": ae_steps, "batch_size": 32, "learning_rate": 2e-3,
+        "kl_weight": 1e-4, "seed": seed, "scaling_factor": round(1.0 / std, 5),
+        "test_reconstruction_mae": T.reconstruction_error(ae, test_x[:2000]),
+        "train_seconds": round(time.time() - t0, 1)}
+    logging.info("%s autoencoder: %s", name, record["autoencoder"])
+    save_model(ae, _fresh(os.path.join(out, name, "autoencoder")))
+    save_pretrained_diffusers(ae, _fresh(os.path.join(out, name, "autoencoder_diffusers")))
+
+    for role, w, s in (("classifier", widths, seed + 1), ("surrogate", surrogate_widths, seed + 2)):
+        t0 = time.time()
+        config = SmallCNNConfig(in_channels=train_x.shape[-1], num_classes=num_classes, widths=w)
+        model = SmallCNN(config, rngs=nnx.Rngs(s))
+        model = T.train_classifier(model, train_x, train_y, T.TrainSettings(cls_steps, 128, 2e-3, seed=s),
+                                   augment_flip=augment_flip)
+        acc = T.accuracy(model, test_x, test_y)
+        record[role] = {"widths": list(w), "steps": cls_steps, "batch_size": 128, "seed": s,
+                        "learning_rate": 2e-3, "test_accuracy": acc,
+                        "train_seconds": round(time.time() - t0, 1)}
+        logging.info("%s %s: test accuracy %.4f", name, role, acc)
+        save_model(model, _fresh(os.path.join(out, name, role)))
+    return record
+
+
+def main(argv):
+    del argv
+    out = os.path.abspath(FLAGS.out)
+    os.makedirs(out, exist_ok=True)
+    provenance_path = os.path.join(out, "provenance.json")
+    provenance = json.load(open(provenance_path)) if os.path.exists(provenance_path) else {}
+
+    if FLAGS.demo in ("all", "fashion_mnist"):
+        train = fashion_mnist.load_split("train")
+        test = fashion_mnist.load_split("test")
+        train_x, test_x = pad_to_32(train.images), pad_to_32(test.images)
+        record = train_demo("fashion_mnist", out, train_x, train.labels, test_x, test.labels,
+                            FASHION_AE, (32, 64, 128, 128), (24, 48, 96), steps(1200), steps(1500), 10,
+                            seed=0, augment_flip=True)
+        subset = os.path.join(out, "fashion_mnist", "test_subset.npz")
+        record["data"] = fashion_mnist.write_test_subset(subset, per_class=2, seed=0, pad_to=32)
+        record["command"] = "python scripts/train_demo_models.py --demo=fashion_mnist"
+        provenance["fashion_mnist"] = record
+
+    if FLAGS.demo in ("all", "squares"):
+        rate = 0.9
+        train = squares.generate(12000, seed=1, confounder_rate=rate)
+        test = squares.generate(2000, seed=2, confounder_rate=rate)
+        record = train_demo("squares", out, train.images, train.labels, test.images, test.labels,
+                            SQUARES_AE, (16, 32, 64), (12, 24, 48), steps(800), steps(600), 2,
+                            seed=10, augment_flip=False)
+        unconfounded = squares.generate(2000, seed=3, confounder_rate=0.5)
+        record["classifier"]["accuracy_unconfounded"] = T.accuracy(
+            _load(os.path.join(out, "squares", "classifier")),
+            unconfounded.images, unconfounded.labels)
+        record["data"] = squares.write_test_set(os.path.join(out, "squares", "test_set.npz"),
+                                                num=24, seed=4, confounder_rate=rate)
+        record["confounder_rate"] = rate
+        record["command"] = "python scripts/train_demo_models.py --demo=squares"
+        provenance["squares"] = record
+
+    with open(provenance_path, "w") as f:
+        json.dump(provenance, f, indent=2, sort_keys=True)
+    print(json.dumps(provenance, indent=2, sort_keys=True))
+
+
+def _load(directory):
+    from sce_jax.weights.checkpoint import load_model
+    return load_model(directory)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,137 @@
+"""End to end: explain_dataset on a handful of images with tiny random models (seconds)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from sce_jax import run
+from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
+from sce_jax.run_config import RunConfigError, base_run_config
+from sce_jax.weights.checkpoint import save_model
+
+TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    ae = AutoencoderKL(AutoencoderKLConfig(
+        in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4, norm_num_groups=4, mid_block_add_attention=False), rngs=nnx.Rngs(0))
+    clf = SmallCNN(SmallCNNConfig(in_channels=1, num_classes=3, widths=(4, 8)), rngs=nnx.Rngs(1))
+    return save_model(ae, root / "ae"), save_model(clf, root / "clf")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(folder / f"img{i}.png")
+    (folder / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")  # corrupt
+    return str(folder)
+
+
+def tiny_config(checkpoints, source):
+    c = base_run_config()
+    c.data.source = source
+    c.data.image_size = (16, 16)
+    c.data.channels = 1
+    c.generator.checkpoint, c.classifier.checkpoint = checkpoints
+    c.targets.kind = "other"
+    c.batch_size = 2
+    c.search.steps = 4
+    c.search.attempts = 2
+    c.search.smoothing.num_samples = 2
+    c.search.mask.warmup_steps = 1
+    c.search.mask.period = 1
+    return c
+
+
+def _manifest(workdir):
+    with open(os.path.join(workdir, "manifest.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_run_writes_images_manifest_summary_and_report(checkpoints, image_folder, tmp_path):
+    workdir = str(tmp_path / "run")
+    summary = run.explain_dataset(tiny_config(checkpoints, image_folder), workdir)
+    records = _manifest(workdir)
+    ok = [r for r in records if r["status"] == "ok"]
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert len(ok) == 4 * 2 and len(skipped) == 1
+    assert skipped[0]["source"].endswith("img2.png") and "decode" in skipped[0]["reason"]
+    assert sorted({r["example_id"] for r in ok}) == [0, 1, 3, 4]
+    assert {r["attempt"] for r in ok} == {0, 1}
+    for r in ok:
+        assert r["target"] == r["prediction"]  # kind "other": leave the predicted class
+        for name in ("original", "counterfactual", "difference", "mask"):
+            path = os.path.join(workdir, r["files"][name])
+            assert os.path.isfile(path), path
+        cf = np.asarray(Image.open(os.path.join(workdir, r["files"]["counterfactual"])))
+        assert cf.shape == (16, 16) and cf.dtype == np.uint8
+        assert 0.0 <= r["prob_target_after"] <= 1.0 and r["steps"] <= 4
+    assert summary["num_images"] == 5 and summary["num_skipped"] == 1
+    assert summary["num_counterfactuals"] == 8
+    assert summary["flip_rate"] == pytest.approx(np.mean([r["success"] for r in ok]))
+    with open(os.path.join(workdir, "report.html")) as f:
+        html = f.read()
+    assert "img2.png" in html and ok[0]["files"]["counterfactual"] in html
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints, image_folder, tmp_path):
+    config = tiny_config(checkpoints, image_folder)
+    full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
+    run.explain_dataset(config, full_dir)
+
+    state = run.RunState()
+    state.stop.set()  # as after SIGTERM: finish the batch in flight, then stop
+    partial = run.explain_dataset(config, resumed_dir, state=state)
+    assert partial["complete"] is False
+    assert 0 < len(_manifest(resumed_dir)) < len(_manifest(full_dir))
+    run.explain_dataset(config, resumed_dir)
+    assert _manifest(resumed_dir) == _manifest(full_dir)
+    for r in _manifest(full_dir):
+        if r["status"] == "ok":
+            a = np.asarray(Image.open(os.path.join(full_dir, r["files"]["counterfactual"])))
+            b = np.asarray(Image.open(os.path.join(resumed_dir, r["files"]["counterfactual"])))
+            np.testing.assert_array_equal(a, b)
+    # a rerun of a finished run does nothing and duplicates nothing
+    again = run.explain_dataset(config, resumed_dir)
+    assert again["counterfactuals_per_second"] == 0
+    assert _manifest(resumed_dir) == _manifest(full_dir)
+
+
+def test_resume_with_another_config_is_refused(checkpoints, image_folder, tmp_path):
+    config = tiny_config(checkpoints, image_folder)
+    workdir = str(tmp_path / "run")
+    state = run.RunState()
+    state.stop.set()
+    run.explain_dataset(config, workdir, state=state)
+    config.search.steps = 5
+    with pytest.raises(RunConfigError, match="differs in: search"):
+        run.explain_dataset(config, workdir)
+
+
+def test_bad_run_level_inputs_stop_before_any_work(checkpoints, image_folder, tmp_path):
+    config = tiny_config(checkpoints, image_folder)
+    config.data.source = str(tmp_path / "missing")
+    with pytest.raises(Exception, match="does not exist"):
+        run.explain_dataset(config, str(tmp_path / "a"))
+    config = tiny_config(checkpoints, image_folder)
+    config.data.image_size = (15, 16)
+    with pytest.raises(ValueError, match="not a multiple"):
+        run.explain_dataset(config, str(tmp_path / "b"))
+    config = tiny_config(checkpoints, image_folder)
+    config.targets.kind = "class"
+    config.targets.class_index = 7
+    with pytest.raises(ValueError, match="out of range"):
+        run.explain_dataset(config, str(tmp_path / "c"))
+    for name in ("a", "b", "c"):
+        assert not os.path.exists(tmp_path / name / "manifest.jsonl")
