@@ -33,6 +33,8 @@ from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers  # noqa: E4
 
 flags.DEFINE_string("out", os.path.join(ROOT, "sce_jax", "assets"), "Asset directory to (re)write.")
 flags.DEFINE_enum("demo", "all", ["all", "fashion_mnist", "squares"], "Which demo to train.")
+flags.DEFINE_list("roles", ["autoencoder", "classifier", "surrogate"],
+                  "Which models of the demo to (re)train; the others keep their shipped files.")
 flags.DEFINE_float("scale", 1.0, "Multiplies every step count (0.05 for a quick check).")
 FLAGS = flags.FLAGS
 
@@ -66,23 +68,12 @@ def pad_to_32(images: np.ndarray) -> np.ndarray:
 
 
 def train_demo(name, out, train_x, train_y, test_x, test_y, ae_config, widths, surrogate_widths,
-               ae_steps, cls_steps, num_classes, seed, augment_flip):
-    record = {}
-    t0 = time.time()
-    ae = AutoencoderKL(AutoencoderKLConfig(**ae_config), rngs=nnx.Rngs(seed))
-    ae, parts = T.train_autoencoder(ae, train_x, T.TrainSettings(ae_steps, 32, 2e-3, seed=seed))
-    std = T.latent_std(ae, train_x[:4096])
-    ae = T.with_config(ae, scaling_factor=round(1.0 / std, 5))
-    record["autoencoder"] = {
-        "config": ae_config, "steps": ae_steps, "batch_size": 32, "learning_rate": 2e-3,
-        "kl_weight": 1e-4, "seed": seed, "scaling_factor": round(1.0 / std, 5),
-        "test_reconstruction_mae": T.reconstruction_error(ae, test_x[:2000]),
-        "train_seconds": round(time.time() - t0, 1)}
-    logging.info("%s autoencoder: %s", name, record["autoencoder"])
-    save_model(ae, _fresh(os.path.join(out, name, "autoencoder")))
-    save_pretrained_diffusers(ae, _fresh(os.path.join(out, name, "autoencoder_diffusers")))
-
+               ae_steps, cls_steps, num_classes, seed, augment_flip, record):
+    if "autoencoder" in FLAGS.roles:
+        train_autoencoder(name, out, train_x, test_x, ae_config, ae_steps, seed, record)
     for role, w, s in (("classifier", widths, seed + 1), ("surrogate", surrogate_widths, seed + 2)):
+        if role not in FLAGS.roles:
+            continue
         t0 = time.time()
         config = SmallCNNConfig(in_channels=train_x.shape[-1], num_classes=num_classes, widths=w)
         model = SmallCNN(config, rngs=nnx.Rngs(s))
@@ -97,6 +88,22 @@ def train_demo(name, out, train_x, train_y, test_x, test_y, ae_config, widths, s
     return record
 
 
+def train_autoencoder(name, out, train_x, test_x, ae_config, ae_steps, seed, record):
+    t0 = time.time()
+    ae = AutoencoderKL(AutoencoderKLConfig(**ae_config), rngs=nnx.Rngs(seed))
+    ae, parts = T.train_autoencoder(ae, train_x, T.TrainSettings(ae_steps, 32, 2e-3, seed=seed))
+    std = T.latent_std(ae, train_x[:4096])
+    ae = T.with_config(ae, scaling_factor=round(1.0 / std, 5))
+    record["autoencoder"] = {
+        "config": ae_config, "steps": ae_steps, "batch_size": 32, "learning_rate": 2e-3,
+        "kl_weight": 1e-4, "seed": seed, "scaling_factor": round(1.0 / std, 5),
+        "test_reconstruction_mae": T.reconstruction_error(ae, test_x[:2000]),
+        "train_seconds": round(time.time() - t0, 1)}
+    logging.info("%s autoencoder: %s", name, record["autoencoder"])
+    save_model(ae, _fresh(os.path.join(out, name, "autoencoder")))
+    save_pretrained_diffusers(ae, _fresh(os.path.join(out, name, "autoencoder_diffusers")))
+
+
 def main(argv):
     del argv
     out = os.path.abspath(FLAGS.out)
@@ -109,8 +116,8 @@ def main(argv):
         test = fashion_mnist.load_split("test")
         train_x, test_x = pad_to_32(train.images), pad_to_32(test.images)
         record = train_demo("fashion_mnist", out, train_x, train.labels, test_x, test.labels,
-                            FASHION_AE, (32, 64, 128, 128), (24, 48, 96), steps(1200), steps(1500), 10,
-                            seed=0, augment_flip=True)
+                            FASHION_AE, (32, 64, 128, 128), (24, 48, 96), steps(1200), steps(4500), 10,
+                            seed=0, augment_flip=True, record=provenance.get("fashion_mnist", {}))
         subset = os.path.join(out, "fashion_mnist", "test_subset.npz")
         record["data"] = fashion_mnist.write_test_subset(subset, per_class=2, seed=0, pad_to=32)
         record["command"] = "python scripts/train_demo_models.py --demo=fashion_mnist"
@@ -122,7 +129,7 @@ def main(argv):
         test = squares.generate(2000, seed=2, confounder_rate=rate)
         record = train_demo("squares", out, train.images, train.labels, test.images, test.labels,
                             SQUARES_AE, (16, 32, 64), (12, 24, 48), steps(800), steps(600), 2,
-                            seed=10, augment_flip=False)
+                            seed=10, augment_flip=False, record=provenance.get("squares", {}))
         unconfounded = squares.generate(2000, seed=3, confounder_rate=0.5)
         record["classifier"]["accuracy_unconfounded"] = T.accuracy(
             _load(os.path.join(out, "squares", "classifier")),
