@@ -91,5 +91,14 @@ def local_rows(array: jax.Array) -> np.ndarray:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places parameters on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places parameters on every device of the mesh.
+
+    With several processes every process holds the same values (each loaded the same
+    checkpoint) and places them on its own devices only: the global array is assembled from
+    host copies, since an array on one process's device cannot be sent to another's.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda a: jax.make_array_from_callback(
+        np.shape(a), sharding, lambda index, host=np.asarray(a): host[index]), tree)

@@ -93,6 +93,12 @@ def load_model(directory: str | os.PathLike, *, expect: type | tuple[type, ...] 
     config = config_from_dict(cls.config_class, meta["config"], what=f"{directory}/{MODEL_FILE}")
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
+    # Every process restores a whole copy onto its own first device. Without a sharding,
+    # orbax would use the one recorded at save time (the saving process's device), which
+    # another process of a multi-process run cannot address ("topology mismatch").
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), abstract_state)
     try:
         state = _checkpointer().restore(os.path.join(directory, STATE_DIR), abstract_state)
     except Exception as e:  # orbax raises several types for missing/mis-shaped arrays
