@@ -11,13 +11,31 @@
 
 Resume: an example is done when a part file holds its records; a rerun skips those and
 finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
-is re-checked on the 8-bit images that are written. SIGTERM (preemption) finishes the batch
-in flight, writes the manifest and exits cleanly.
+is re-checked on the 8-bit images that are written. Every file is written to a temporary name
+and renamed, and a batch's part file is written after all of its images: a process killed at
+any point (even SIGKILL) leaves complete files only, plus at most some temporary ``.*.tmp``
+files, which the next run of the same examples removes. An example whose images were written
+but whose part file was not is simply explained again, with the same result (randomness is
+keyed by example id).
+
+SIGTERM (preemption) finishes the batch in flight, writes the manifest and returns a summary
+with ``complete: False``; ``scripts/explain.py`` then exits with its documented code.
+
+Errors: a problem with the run's inputs (config, data source, weights, a target the classifier
+does not have, a workdir that cannot be written) raises one of :data:`USER_ERRORS` before any
+work. A write that fails during the run (a full disk) raises :class:`WorkdirWriteError`;
+batches committed before it are kept and a rerun resumes after them.
+
+Several processes (``sce_jax.distributed``): process ``p`` of ``P`` explains the examples with
+``id % P == p``; all run the same number of batches (padding with empty ones), each writes its
+own examples' images and part files into the shared workdir, and process 0 assembles the
+manifest after all have finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -33,6 +51,7 @@ from absl import logging
 
 from sce_jax import data as data_lib
 from sce_jax import image_io, parallel
+from sce_jax.distributed import DistributedSetupError
 from sce_jax.explainer import Explainer, all_other_classes
 from sce_jax.loaders import load_classifier, load_generator
 from sce_jax.progress import Progress
@@ -53,6 +72,26 @@ class StopRequested(Exception):
     """Raised inside the run when SIGTERM/SIGINT asked it to stop after the current batch."""
 
 
+class RunInputError(ValueError):
+    """An input of the run (data, weights, targets, sizes) that cannot work; raised before any work."""
+
+
+class WorkdirWriteError(OSError):
+    """The workdir cannot be written (read-only, full disk, no permission); says what to do.
+
+    ``errno`` is the failed write's error number; ``str()`` is the message alone.
+    """
+
+    def __init__(self, code: int | None, message: str):
+        super().__init__(message)
+        self.errno = code
+
+
+# The errors a user fixes by changing the command, the inputs or the disk: scripts/explain.py
+# reports them as one line (``error: ...``) without a traceback.
+USER_ERRORS = (RunConfigError, RunInputError, WorkdirWriteError, DistributedSetupError)
+
+
 @dataclasses.dataclass
 class RunState:
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -63,7 +102,12 @@ def _atomic_write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def _check_resume_config(config: ml_collections.ConfigDict, workdir: str, *,
+                         write: bool = True) -> None:
+    """Refuses to resume a run made with another config; records the config of a new run.
+
+    Only one process writes (``write``); with several, the others only compare.
+    """
     path = os.path.join(workdir, RUN_CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
     if os.path.exists(path) and read_records(workdir):
@@ -74,8 +118,66 @@ def _check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> Non
             raise RunConfigError(
                 f"{workdir} holds a run made with another config (differs in: {', '.join(changed)}); "
                 "resume with the same config or choose a new --workdir")
-    else:
+    elif write:
         _atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+def _is_temporary(name: str) -> bool:
+    """Names :func:`sce_jax.image_io.atomic_write` gives files before their final rename."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_stale_temporaries(workdir: str, example_ids, *, process_index: int) -> int:
+    """Removes temporary files left by a killed run; returns how many.
+
+    Only files this process would write again are touched: the image folders of
+    ``example_ids`` (this process's remaining examples), its own ``parts/p<index>-*`` files and,
+    on process 0, the run-level files (manifest, summary, report, config). So processes
+    sharing a workdir never remove each other's files in flight.
+    """
+    folders = [os.path.join(workdir, IMAGES, f"{int(i):07d}") for i in example_ids]
+    prefixes = {os.path.join(workdir, PARTS): f".p{process_index:03d}-"}
+    if process_index == 0:
+        prefixes[workdir] = "."
+    removed = 0
+    candidates = [(f, ".") for f in folders] + list(prefixes.items())
+    for folder, prefix in candidates:
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            if _is_temporary(name) and name.startswith(prefix):
+                try:
+                    os.remove(os.path.join(folder, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def _check_workdir_writable(workdir: str) -> None:
+    """Creates ``workdir`` and a probe file in it, so a read-only disk fails before any work."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with image_io.atomic_write(os.path.join(workdir, ".write_probe"), "w") as f:
+            f.write("probe")
+        os.remove(os.path.join(workdir, ".write_probe"))
+    except OSError as e:
+        raise WorkdirWriteError(
+            e.errno, f"the workdir {workdir} cannot be written ({e.strerror or e}"
+            f"{': ' + str(e.filename) if e.filename else ''}); choose a writable --workdir") from e
+
+
+def _write_failed(e: OSError, workdir: str, committed: int) -> WorkdirWriteError:
+    """The error for a write that failed mid-run, saying what was kept and how to go on."""
+    hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the disk is read-only",
+            errno.EACCES: "no permission to write"}.get(e.errno, "a write failed")
+    where = f" ({e.filename})" if e.filename else ""
+    return WorkdirWriteError(
+        e.errno, f"{hint}: {e.strerror or e}{where}. The {committed} batch(es) this run "
+        f"completed are kept in {workdir}; fix the problem and rerun the same command to resume")
 
 
 def read_records(workdir: str) -> list[dict[str, Any]]:
@@ -179,16 +281,8 @@ def _restore_handlers(previous):
         signal.signal(sig, old)
 
 
-def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
-                    state: RunState | None = None) -> dict[str, Any]:
-    """Explains every example of ``config.data.source``; resumable. Returns the summary."""
-    validate_run_config(config)
-    settings = settings_from_config(config.search)  # search config errors before any work
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    state = state or RunState()
-    process_index, process_count = jax.process_index(), jax.process_count()
-
+def _open_inputs(config: ml_collections.ConfigDict):
+    """Loads the models and opens the data, checking everything a run needs (no work yet)."""
     generator = load_generator(config.generator)
     classifier = load_classifier(config.classifier)
     if config.targets.kind in ("class", "flip") and config.targets.class_index >= 0:
@@ -200,23 +294,76 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
         limit=int(config.data.limit) or None,
         num_classes=classifier.num_outputs if classifier.head == "multiclass" else None)
     generator.latent_shape(tuple(config.data.image_size))  # a size that does not fit: now
-    _check_resume_config(config, workdir)
+    return generator, classifier, dataset
+
+
+def _barrier(name: str, process_count: int) -> None:
+    if process_count > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
+                    state: RunState | None = None) -> dict[str, Any]:
+    """Explains every example of ``config.data.source``; resumable. Returns the summary.
+
+    The summary's ``complete`` is False when the run stopped on request (SIGTERM) before every
+    example had a record; rerunning with the same config and workdir finishes it.
+
+    Raises:
+      RunConfigError, RunInputError, WorkdirWriteError: see :data:`USER_ERRORS` (before any
+        work, except a write that fails mid-run).
+    """
+    validate_run_config(config)
+    settings = settings_from_config(config.search)  # search config errors before any work
+    workdir = os.path.abspath(workdir)
+    state = state or RunState()
+    previous = _install_stop_handlers(state)  # from here on SIGTERM never loses work
+    try:
+        return _explain_dataset(config, workdir, state, settings)
+    finally:
+        _restore_handlers(previous)
+
+
+def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[str, Any]:
+    process_index, process_count = jax.process_index(), jax.process_count()
+    if process_index == 0:
+        _check_workdir_writable(workdir)
+    try:
+        generator, classifier, dataset = _open_inputs(config)
+    except RunConfigError:
+        raise
+    except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
+        raise RunInputError(str(e)) from e
+    _barrier("sce_jax.run: workdir ready", process_count)
+    if process_index == 0:
+        _check_resume_config(config, workdir)
+    _barrier("sce_jax.run: config recorded", process_count)
+    if process_index != 0:
+        _check_resume_config(config, workdir, write=False)
 
     explainer = Explainer(generator, classifier, config.search)
     kind = {"all_others": "class", "csv": "class"}.get(config.targets.kind, config.targets.kind)
     logits_jit = jax.jit(classifier.logits_fn)
 
     done = {r["example_id"] for r in read_records(workdir)}
-    todo = dataset.count_remaining(done, process_index=process_index, process_count=process_count)
+    # Every process must see the same finished examples (they fix the batch count), so none
+    # may commit a batch before all have read them.
+    _barrier("sce_jax.run: resume state read", process_count)
+    remaining = dataset.shard_ids(process_index, process_count, done)
+    todo = int(remaining.size)
     per_image = (classifier.num_outputs - 1 if config.targets.kind == "all_others" else 1) * settings.attempts
     logging.info("%s: %d examples, %d already done, %d to explain on process %d/%d",
                  config.data.source, dataset.num_examples, len(done), todo, process_index, process_count)
-    writer = _Writer(workdir, config, process_index)
-    progress = Progress(todo * per_image, unit="counterfactuals")
-    previous = _install_stop_handlers(state)
-    start = time.monotonic()
-    produced = 0
+    committed = 0
     try:
+        removed = remove_stale_temporaries(workdir, remaining, process_index=process_index)
+        if removed:
+            logging.info("removed %d temporary file(s) left by an interrupted run", removed)
+        writer = _Writer(workdir, config, process_index)
+        progress = Progress(todo * per_image, unit="counterfactuals")
+        start = time.monotonic()
+        produced = 0
         # Every process runs the same number of (collective) batches, padding with empty ones.
         num_batches = data_lib.max_num_batches(dataset, int(config.batch_size),
                                                process_count=process_count, skip_ids=done)
@@ -226,28 +373,31 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
             records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind, writer)
             if records:
                 writer.write_batch(min(r["example_id"] for r in records), records)
+            committed += 1
             n_cf = sum(1 for r in records if r["status"] == "ok")
             produced += n_cf
             progress.update(n_cf)
+            # After the batch: a stop asked for during it (even during the first compile)
+            # costs nothing that was computed.
             if _stop_requested(state, process_count):
-                logging.warning("stopped on request after a complete batch; rerun to resume")
+                logging.warning("stopped on request after %d complete batch(es); rerun to resume",
+                                committed)
                 break
-    finally:
-        _restore_handlers(previous)
-    elapsed = time.monotonic() - start
-    if process_count > 1:  # all parts written before anyone assembles (shared workdir)
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("sce_jax.run: batches written")
+        elapsed = time.monotonic() - start
+        # all parts written before anyone assembles (shared workdir)
+        _barrier("sce_jax.run: batches written", process_count)
+        records = read_records(workdir) if process_index != 0 else assemble_manifest(workdir)
+        summary = summarise(records, elapsed=elapsed, new_counterfactuals=produced)
+        summary["complete"] = {r["example_id"] for r in records} >= set(range(dataset.num_examples))
         if process_index != 0:
-            return summarise(read_records(workdir), elapsed=elapsed, new_counterfactuals=produced)
-    records = assemble_manifest(workdir)
-    summary = summarise(records, elapsed=elapsed, new_counterfactuals=produced)
-    summary["complete"] = not state.stop.is_set()
-    _atomic_write_text(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2, sort_keys=True))
-    if config.output.report:
-        from sce_jax import report
-        report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
-                            max_examples=int(config.output.report_max_examples))
+            return summary
+        _atomic_write_text(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2, sort_keys=True))
+        if config.output.report:
+            from sce_jax import report
+            report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
+                                max_examples=int(config.output.report_max_examples))
+    except OSError as e:
+        raise _write_failed(e, workdir, committed) from e
     return summary
 
 

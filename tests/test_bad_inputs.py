@@ -1,0 +1,301 @@
+"""Bad inputs at the run and command-line level: what a user sees, and that nothing is lost.
+
+- one bad image (truncated, corrupt, not an image, a decompression bomb) is skipped with its
+  reason in the manifest; odd but valid files (grey, RGBA, palette, 16-bit, CMYK, 1x1,
+  500x300) are explained like any other;
+- a bad run-level input (data, weights, targets, config keys, workdir) stops before any work
+  with one clear message: through ``scripts/explain.py``, exit code 2 and ``error: ...`` on
+  stderr without a traceback;
+- a full disk mid-run stops with a clear error; the batches already committed are kept, and
+  the rerun finishes without touching them.
+
+Decoding details of single files are tested in test_data.py and test_image_io.py; here they
+go through a whole run.
+"""
+
+import errno
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sce_jax import image_io, run
+from sce_jax.run_config import base_run_config
+from tests import multiprocess_worker as worker
+
+LUMA = np.array([0.299, 0.587, 0.114])
+ENOSPC_FOLDER = os.path.join("images", "0000005")  # the second example of batch 3
+TIMEOUT = 240
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height (no pixel data): Pillow refuses it as a bomb."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def _odd_folder(folder):
+    """11 files (6 batches of 2); returns {name: expected 8-bit grey original or None}."""
+    os.makedirs(folder)
+    rng = np.random.default_rng(3)
+    expected = {}
+
+    def grey_of_rgb(rgb):
+        return np.rint(np.clip(np.asarray(rgb, np.float64) / 255.0 @ LUMA, 0, 1) * 255)
+
+    grey = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    Image.fromarray(grey).save(os.path.join(folder, "a_grey.png"))
+    expected["a_grey.png"] = grey
+    rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(os.path.join(folder, "b_rgba.png"))
+    alpha = rgba[..., 3:] / 255.0
+    expected["b_rgba.png"] = grey_of_rgb(rgba[..., :3] * alpha + 255.0 * (1 - alpha))
+    palette = Image.fromarray(rng.integers(0, 4, (16, 16), dtype=np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 250, 250, 250] + [0] * 756)
+    palette.save(os.path.join(folder, "c_palette.png"))
+    expected["c_palette.png"] = grey_of_rgb(np.asarray(palette.convert("RGB")))
+    deep = rng.integers(0, 65536, (16, 16)).astype(np.uint16)
+    Image.fromarray(deep).save(os.path.join(folder, "d_deep16.png"))
+    expected["d_deep16.png"] = np.rint(deep / 65535.0 * 255)
+    cmyk = Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), "CMYK")
+    cmyk.save(os.path.join(folder, "e_cmyk.jpg"), quality=95)
+    with Image.open(os.path.join(folder, "e_cmyk.jpg")) as image:
+        assert image.mode == "CMYK"
+        expected["e_cmyk.jpg"] = grey_of_rgb(np.asarray(image.convert("RGB")))
+    Image.fromarray(np.full((1, 1), 77, np.uint8)).save(os.path.join(folder, "f_tiny.png"))
+    expected["f_tiny.png"] = np.full((16, 16), 77)
+    Image.fromarray(np.full((300, 500), 200, np.uint8)).save(os.path.join(folder, "g_large.png"))
+    expected["g_large.png"] = np.full((16, 16), 200)
+    _png_header_only(os.path.join(folder, "h_bomb.png"), 20000, 20000)
+    whole = open(os.path.join(folder, "g_large.png"), "rb").read()
+    with open(os.path.join(folder, "i_truncated.png"), "wb") as f:
+        f.write(whole[: len(whole) // 2])
+    with open(os.path.join(folder, "j_corrupt.png"), "wb") as f:
+        f.write(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    with open(os.path.join(folder, "k_text.jpg"), "w") as f:
+        f.write("these are notes, not a photograph")
+    for name in ("h_bomb.png", "i_truncated.png", "j_corrupt.png", "k_text.jpg"):
+        expected[name] = None
+    return expected
+
+
+def tiny_config(checkpoints, source):
+    c = base_run_config()
+    c.data.source = source
+    c.data.image_size = (16, 16)
+    c.data.channels = 1
+    c.generator.checkpoint, c.classifier.checkpoint = checkpoints
+    c.targets.kind = "other"
+    c.batch_size = 2
+    c.search.steps = 2
+    c.search.attempts = 2
+    c.search.smoothing.num_samples = 2
+    c.search.mask.warmup_steps = 1
+    c.search.mask.period = 1
+    c.output.report = False
+    return c
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return worker.shared_fixtures(tmp_path_factory)  # models, config file, compilation cache
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("bad_inputs") / "odd")
+    return {"checkpoints": worker.shared_fixtures(tmp_path_factory)["checkpoints"],
+            "folder": folder, "expected": _odd_folder(folder)}
+
+
+def _snapshot(workdir):
+    """(bytes, mtime) of every file of the workdir."""
+    found = {}
+    for r, _, names in os.walk(workdir):
+        for n in names:
+            path = os.path.join(r, n)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, workdir)] = (f.read(), os.stat(path).st_mtime_ns)
+    return found
+
+
+def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs, shared, tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [f"--config={shared['config']}", f"--config.data.source={inputs['folder']}",
+            f"--workdir={workdir}"]
+    # the disk fills up while batch 3 (ids 4, 5) writes its images
+    code, _, err = worker.finish(worker.start(args, dict(shared["env"], SCE_TEST_ENOSPC=ENOSPC_FOLDER)),
+                                 TIMEOUT)
+    assert code == 2 and "Traceback" not in err, err[-4000:]
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("error: the disk is full: No space left on device (")
+    assert ENOSPC_FOLDER in message
+    assert message.endswith(f"The 2 batch(es) this run completed are kept in {workdir}; fix the "
+                            "problem and rerun the same command to resume")
+
+    before = _snapshot(workdir)
+    parts = sorted(k for k in before if k.startswith("parts"))
+    assert len(parts) == 2  # batches 1 and 2 committed, batch 3 not
+    committed = [json.loads(line) for p in parts for line in before[p][0].decode().splitlines()]
+    assert sorted({r["example_id"] for r in committed}) == [0, 1, 2, 3]
+    for r in committed:  # their images are complete
+        for relative in r["files"].values():
+            assert image_io.read_png(os.path.join(workdir, relative)).dtype == np.uint8
+
+    code, _, err = worker.finish(worker.start(args, shared["env"]), TIMEOUT)
+    assert code == 0, err[-4000:]
+    after = _snapshot(workdir)
+    kept = ("parts",) + tuple(os.path.join("images", f"{i:07d}") for i in range(4))
+    for name, (content, mtime) in before.items():  # the committed batches were left alone
+        if name.startswith(kept):
+            assert after[name] == (content, mtime), name
+    records = worker.read_manifest(workdir)
+    keys = [(r["example_id"], r["target"], r["attempt"]) for r in records]
+    assert len(keys) == len(set(keys))
+    assert [r for r in records if r["example_id"] < 4] == sorted(
+        committed, key=lambda r: (r["example_id"], r["target"], r["attempt"]))
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["complete"] and summary["num_images"] == 11 and summary["num_skipped"] == 4
+
+    # odd but valid files are explained; bad ones are skipped with their reason
+    by_name = {}
+    for r in records:
+        by_name.setdefault(os.path.basename(r["source"]), []).append(r)
+    for name, grey in inputs["expected"].items():
+        rows = by_name[name]
+        if grey is None:
+            assert len(rows) == 1 and rows[0]["status"] == "skipped" and rows[0]["files"] == {}
+            assert rows[0]["reason"].startswith("cannot decode image: "), rows[0]
+            continue
+        assert [r["status"] for r in rows] == ["ok", "ok"], name
+        original = image_io.read_png(os.path.join(workdir, rows[0]["files"]["original"]))[..., 0]
+        assert np.abs(original.astype(int) - grey).max() <= 1, name
+        for r in rows:
+            assert image_io.read_png(os.path.join(workdir, r["files"]["counterfactual"])).shape == (16, 16, 1)
+    reasons = {name: by_name[name][0]["reason"] for name in inputs["expected"]
+               if inputs["expected"][name] is None}
+    assert "DecompressionBombError" in reasons["h_bomb.png"] and "400000000 pixels" in reasons["h_bomb.png"]
+    assert "truncated" in reasons["i_truncated.png"].lower()
+    assert "cannot identify image file" in reasons["j_corrupt.png"]
+    assert "cannot identify image file" in reasons["k_text.jpg"]
+
+
+def _assert_stops_before_work(config, workdir, message):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "notes.txt"), "w") as f:
+        f.write("kept")
+    with pytest.raises(run.USER_ERRORS, match=message):
+        run.explain_dataset(config, workdir)
+    assert sorted(os.listdir(workdir)) == ["notes.txt"]  # no work, nothing overwritten
+
+
+def test_bad_run_level_inputs_stop_before_any_work(inputs, tmp_path):
+    checkpoints = inputs["checkpoints"]
+
+    def config(**changes):
+        c = tiny_config(checkpoints, inputs["folder"])
+        for key, value in changes.items():
+            section, _, field = key.partition("__")
+            setattr(c[section], field, value) if field else setattr(c, section, value)
+        return c
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    npz_missing = tmp_path / "missing.npz"
+    np.savez(npz_missing, x_train=np.zeros((2, 16, 16), np.uint8))
+    npz_nan = tmp_path / "nan.npz"
+    np.savez(npz_nan, images=np.full((2, 16, 16), np.nan, np.float32), labels=[0, 1])
+    npz_labels = tmp_path / "labels.npz"
+    np.savez(npz_labels, images=np.zeros((2, 16, 16), np.uint8), labels=[1, 3])
+    misfit = tmp_path / "misfit"
+    shutil.copytree(checkpoints[1], misfit)
+    meta = json.loads((misfit / "model.json").read_text())
+    meta["config"]["widths"] = [4, 16]
+    (misfit / "model.json").write_text(json.dumps(meta))
+    cases = [
+        (config(data__source=str(empty)), r"holds no image files"),
+        (config(data__source=str(npz_missing)), r"has no array 'images' \(it holds: x_train\)"),
+        (config(data__source=str(npz_nan)), r"NaN or infinite pixels"),
+        (config(data__source=str(npz_labels)),
+         r"label 3 of .*labels.npz\[1\] is out of range for 3 classes"),
+        (config(targets__kind="class", targets__class_index=3),
+         r"target class 3 is out of range: "),
+        (config(classifier__checkpoint=checkpoints[0]),
+         r"holds a AutoencoderKL, expected ResNet, DenseNet, SmallCNN"),
+        (config(generator__checkpoint=str(tmp_path)), r"no model.json; not an sce_jax checkpoint"),
+        (config(classifier__checkpoint=str(misfit)), r"cannot be restored into a SmallCNN of this config"),
+        (config(data__image_size=(15, 16)), r"not a multiple"),
+    ]
+    for i, (c, message) in enumerate(cases):
+        _assert_stops_before_work(c, str(tmp_path / f"work{i}"), message)
+
+
+def test_unwritable_workdir_is_refused_before_any_work(inputs, tmp_path, monkeypatch):
+    config = tiny_config(inputs["checkpoints"], inputs["folder"])
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(run.WorkdirWriteError, match=r"the workdir .*a_file/run cannot be written"):
+        run.explain_dataset(config, str(tmp_path / "a_file" / "run"))
+
+    def read_only(path, *args, **kwargs):  # what a read-only mount answers
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(image_io, "atomic_write", read_only)
+    with pytest.raises(run.WorkdirWriteError,
+                       match=r"the workdir .*ro cannot be written \(Read-only file system: "):
+        run.explain_dataset(config, str(tmp_path / "ro"))
+
+
+def test_read_only_workdir_by_permissions(inputs, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        probe = locked / "probe"
+        try:
+            probe.write_text("x")
+        except PermissionError:
+            pass
+        else:
+            probe.unlink()
+            pytest.skip("permissions do not stop writes for this user (root); the read-only "
+                        "case is covered by test_unwritable_workdir_is_refused_before_any_work")
+        config = tiny_config(inputs["checkpoints"], inputs["folder"])
+        with pytest.raises(run.WorkdirWriteError, match="Permission denied"):
+            run.explain_dataset(config, str(locked / "run"))
+    finally:
+        locked.chmod(0o755)
+
+
+def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs, tmp_path):
+    config = worker.write_config_file(str(tmp_path / "config.py"), inputs["checkpoints"],
+                                      inputs["folder"])
+    workdir = str(tmp_path / "work")
+    cases = [
+        (["--config.search.stepz=3"], 'stepz\' Did you mean "steps" instead of "stepz"?'),
+        (["--config.targets.kind=class", "--config.targets.class_index=7"], "out of range"),
+        (["--process_id=1"], "--process_id/--coordinator_address without --num_processes"),
+    ]
+    env = worker.worker_env()
+    procs = [subprocess.Popen([sys.executable, worker.EXPLAIN, f"--config={config}",
+                               f"--workdir={workdir}", *args], env=env, cwd=str(tmp_path),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args, _ in cases]
+    for proc, (args, message) in zip(procs, cases):
+        code, out, err = worker.finish(proc, TIMEOUT)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, (args, err)
+        assert "Traceback" not in err, (args, err)
+        assert lines[-1].startswith("error: ") and message in lines[-1], (args, err)
+    assert not os.path.exists(os.path.join(workdir, "manifest.jsonl"))
+    assert not os.path.exists(os.path.join(workdir, "parts"))

@@ -1,0 +1,141 @@
+"""A run killed at any point resumes to exactly the results of an uninterrupted run.
+
+Every run here is ``scripts/explain.py`` in a subprocess (tests/multiprocess_worker.py), on
+9 tiny images (one corrupt) in 5 batches of 2. Hooks in the worker stop a run at a chosen
+point deterministically (before a batch's search, after its PNGs but before its part file,
+inside a PNG write); the test then kills it with SIGKILL or sends SIGTERM. The runs share a
+persistent compilation cache, so only the first compiles.
+"""
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from tests import multiprocess_worker as worker
+
+TIMEOUT = 240  # seconds for any one run; a hang fails instead of blocking the suite
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return worker.shared_fixtures(tmp_path_factory)  # models, images, config, reference run
+
+
+def _start(setup, workdir, hook_dir=None, block=None, env=None):
+    env = dict(env or setup["env"])
+    if hook_dir:
+        os.makedirs(hook_dir, exist_ok=True)
+        env["SCE_TEST_HOOK_DIR"] = str(hook_dir)
+    if block:
+        env["SCE_TEST_BLOCK"] = block
+    return worker.start([f"--config={setup['config']}", f"--workdir={workdir}"], env)
+
+
+def _kill_when(proc, marker, delay=0.0):
+    worker.wait_for_file(str(marker), proc, TIMEOUT)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _parts(workdir):
+    folder = os.path.join(workdir, "parts")
+    if not os.path.isdir(folder):
+        return {}
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(folder, name)) as f:
+                found[name] = [json.loads(line) for line in f]
+    return found
+
+
+def _committed_ids(workdir):
+    return sorted(r["example_id"] for records in _parts(workdir).values() for r in records)
+
+
+def _temporaries(workdir):
+    return [os.path.join(r, n) for r, _, names in os.walk(workdir) for n in names if n.endswith(".tmp")]
+
+
+def _assert_same_as_reference(workdir, reference):
+    records, expected = worker.read_manifest(workdir), worker.read_manifest(reference)
+    keys = [(r["example_id"], r["target"], r["attempt"]) for r in records]
+    assert len(keys) == len(set(keys)), "duplicate records in the manifest"
+    assert records == expected
+    # every example was committed exactly once, over all part files
+    ids = _committed_ids(workdir)
+    per_example = {i: ids.count(i) for i in set(ids)}
+    attempts = {r["example_id"]: 1 if r["status"] == "skipped" else 2 for r in expected}
+    assert per_example == attempts
+    assert _temporaries(workdir) == []
+    assert worker.output_files(workdir) == worker.output_files(reference)
+    pixels, expected_pixels = worker.read_pngs(workdir), worker.read_pngs(reference)  # all decode
+    for name, value in expected_pixels.items():
+        np.testing.assert_array_equal(pixels[name], value, err_msg=name)
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["complete"] is True and summary["num_images"] == 9 and summary["num_skipped"] == 1
+
+
+def test_killed_at_every_stage_then_resumed_equals_the_uninterrupted_run(setup, tmp_path):
+    workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
+
+    # 1. SIGKILL while the first batch compiles (own empty cache, so it really compiles)
+    proc = _start(setup, workdir, hooks / "compile", env=worker.worker_env(str(tmp_path / "cold_cache")))
+    _kill_when(proc, hooks / "compile" / "search_started", delay=0.2)
+    assert _committed_ids(workdir) == []
+    assert not os.path.exists(os.path.join(workdir, "manifest.jsonl"))
+
+    # 2. SIGKILL in the middle of batch 2 (batch 1 committed, batch 2 searching)
+    proc = _start(setup, workdir, hooks / "search", "search:2")
+    _kill_when(proc, hooks / "search" / "blocked")
+    assert _committed_ids(workdir) == [0, 0, 1, 1]
+
+    # 3. SIGKILL after batch 2's PNGs are written, before its part file: not committed
+    proc = _start(setup, workdir, hooks / "part", "part:1")
+    _kill_when(proc, hooks / "part" / "blocked")
+    assert _committed_ids(workdir) == [0, 0, 1, 1]
+    written = os.listdir(os.path.join(workdir, "images", "0000002"))  # batch 2's images
+    assert "original.png" in written and len(written) == 1 + 2 * 3  # + cf, diff, mask per attempt
+
+    # 4. SIGKILL inside a PNG write: a half-written temporary file stays behind
+    proc = _start(setup, workdir, hooks / "png", "png:2")
+    _kill_when(proc, hooks / "png" / "blocked")
+    left = _temporaries(workdir)
+    assert len(left) == 1 and os.path.basename(left[0]).startswith(".")
+    assert _committed_ids(workdir) == [0, 0, 1, 1]
+
+    # 5. an uninterrupted rerun finishes: same records and images as a run never killed
+    code, out, err = worker.finish(_start(setup, workdir), TIMEOUT)
+    assert code == 0, err[-4000:]
+    assert "16 counterfactuals for 9 images (1 skipped)" in out
+    _assert_same_as_reference(workdir, setup["reference"])
+
+
+def test_sigterm_finishes_the_batch_exits_75_and_the_rerun_completes(setup, tmp_path):
+    workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
+    # Hold the run after batch 2's PNGs, send SIGTERM there, then let it go on.
+    proc = _start(setup, workdir, hooks, "part:2")
+    worker.wait_for_file(str(hooks / "blocked"), proc, TIMEOUT)
+    proc.send_signal(signal.SIGTERM)
+    (hooks / "release").write_text("")
+    code, _, err = worker.finish(proc, TIMEOUT)
+    assert code == 75, err[-4000:]
+    assert "stopped on request before the end; rerun the same command to resume" in err
+    assert "Traceback" not in err
+    # the batch in flight was committed, nothing after it was started
+    assert _committed_ids(workdir) == [0, 0, 1, 1, 2, 2, 3]
+    records = worker.read_manifest(workdir)
+    assert sorted({r["example_id"] for r in records}) == [0, 1, 2, 3]
+    with open(os.path.join(workdir, "summary.json")) as f:
+        assert json.load(f)["complete"] is False
+
+    code, _, err = worker.finish(_start(setup, workdir), TIMEOUT)
+    assert code == 0, err[-4000:]
+    _assert_same_as_reference(workdir, setup["reference"])

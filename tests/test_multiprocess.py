@@ -1,0 +1,141 @@
+"""Multi-process runs: two processes on this CPU reproduce the single-process run.
+
+Two ``scripts/explain.py`` processes (gloo collectives, a loopback coordinator on a free port,
+2 CPU devices each) share one workdir, with a batch of 4 rows per process (global batch 8
+over 4 devices). The reference is the single-process run of the same config on one device
+with batches of 2 rows: every device computes 2 rows in both, so the images must agree (to
+1/255; in practice bit for bit). Numbers in the records may differ in the last float bit
+(the 8-bit re-check classifies a whole local batch at once, whose size differs).
+
+Also: how :mod:`sce_jax.distributed` reads explicit values and cluster environments.
+"""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from sce_jax import distributed
+from sce_jax.distributed import DistributedSetup, DistributedSetupError, resolve_setup
+from tests import multiprocess_worker as worker
+
+TIMEOUT = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    shared = worker.shared_fixtures(tmp_path_factory)
+    multi = str(tmp_path_factory.mktemp("multiprocess") / "run")
+    # 9 examples: process 0 gets ids 0, 2, 4, 6, 8 (2 batches of 4), process 1 ids 1, 3, 5, 7
+    # (1 batch, then an all-padding batch to keep the collectives in step); id 3 is corrupt.
+    port = _free_port()
+    procs = [worker.start([f"--config={shared['config']}", f"--workdir={multi}",
+                           "--config.batch_size=4", f"--coordinator_address=127.0.0.1:{port}",
+                           "--num_processes=2", f"--process_id={p}",
+                           "--cpu_devices_per_process=2"], worker.worker_env())
+             for p in range(2)]
+    try:
+        results = [worker.finish(proc, TIMEOUT) for proc in procs]
+    finally:
+        for proc in procs:  # a process left waiting for its peer must not outlive the test
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    for code, _, err in results:
+        assert code == 0, err[-4000:]
+    return shared["reference"], multi, results
+
+
+def _same_record(a, b):
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, float):
+            assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        else:
+            assert b[key] == value, key
+
+
+def test_two_processes_reproduce_the_single_process_run(runs):
+    single, multi, results = runs
+    records, expected = worker.read_manifest(multi), worker.read_manifest(single)
+    assert len(records) == len(expected) == 17
+    for a, b in zip(expected, records):
+        _same_record(a, b)
+    assert worker.output_files(multi) == worker.output_files(single)
+    reference_pixels = worker.read_pngs(single)
+    for name, pixels in worker.read_pngs(multi).items():
+        assert np.abs(pixels.astype(int) - reference_pixels[name]).max() <= 1, name
+    summaries = []
+    for workdir in (single, multi):
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summaries.append({k: v for k, v in json.load(f).items() if k not in worker.TIMING_FIELDS})
+    _same_record(summaries[0], summaries[1])
+    assert summaries[1]["num_images"] == 9 and summaries[1]["num_skipped"] == 1
+    # process 0 prints the result; process 1 does not repeat it
+    assert "16 counterfactuals for 9 images (1 skipped)" in results[0][1]
+    assert "counterfactuals" not in results[1][1]
+
+
+def test_each_process_wrote_only_its_own_examples(runs):
+    _, multi, _ = runs
+    parts = os.path.join(multi, "parts")
+    owners = {}
+    for name in os.listdir(parts):
+        with open(os.path.join(parts, name)) as f:
+            for line in f:
+                owners.setdefault(json.loads(line)["example_id"], set()).add(name[:4])
+    assert owners == {i: {f"p{i % 2:03d}"} for i in range(9)}
+
+
+def test_explicit_values_are_checked():
+    assert resolve_setup(env={}) == DistributedSetup("single", 0, 1)
+    assert resolve_setup("h:1", 2, 1, env={}) == DistributedSetup("explicit", 1, 2, "h:1")
+    assert resolve_setup(None, 1, None, env={}).mode == "single"
+    cases = [
+        ((None, None, 1), "without --num_processes"),
+        (("h:1", None, None), "without --num_processes"),
+        (("h:1", 2, None), "without --process_id"),
+        (("h:1", 2, 2), r"--process_id=2: must be in 0\.\.1"),
+        ((None, 2, 0), "without --coordinator_address"),
+        (("nohostport", 2, 0), "expected HOST:PORT"),
+        (("h:1", 0, 0), "must be >= 1"),
+        ((None, 1, 3), "the only process is 0"),
+    ]
+    for args, message in cases:
+        with pytest.raises(DistributedSetupError, match=message):
+            resolve_setup(*args, env={})
+    with pytest.raises(DistributedSetupError, match="must be >= 1"):
+        distributed.initialize_from_flags_or_env(local_device_count=0)
+
+
+def test_slurm_and_auto_detected_clusters():
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "123456",
+           "SLURM_JOB_NODELIST": "gpu[007-009,012],login1"}
+    assert resolve_setup(env=env) == DistributedSetup(
+        "slurm", 3, 4, f"gpu007:{distributed.SLURM_PORT_BASE + 123456 % distributed.SLURM_PORT_SPAN}")
+    # the step's own task count and node list win over the job's; explicit values over both
+    step = dict(env, SLURM_STEP_NUM_TASKS="2", SLURM_STEP_NODELIST="n[1-2]", SLURM_PROCID="1")
+    assert resolve_setup(env=step).num_processes == 2
+    assert resolve_setup(env=step).coordinator_address.startswith("n1:")
+    assert resolve_setup("a:9", 2, 0, env=env).mode == "explicit"
+    # one task (an interactive allocation) is a single process
+    assert resolve_setup(env=dict(env, SLURM_NTASKS="1")).mode == "single"
+    with pytest.raises(DistributedSetupError, match="SLURM_PROCID='x' is not an integer"):
+        resolve_setup(env=dict(env, SLURM_PROCID="x"))
+    with pytest.raises(DistributedSetupError, match="SLURM_JOB_NODELIST is empty"):
+        resolve_setup(env=dict(env, SLURM_JOB_NODELIST=""))
+    assert distributed.expand_slurm_nodelist("a[01-03,7],b,c[8-10]-ib") == [
+        "a01", "a02", "a03", "a7", "b", "c8-ib", "c9-ib", "c10-ib"]
+    for env in ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, {"OMPI_COMM_WORLD_SIZE": "8"},
+                {"MEGASCALE_COORDINATOR_ADDRESS": "x:1"}):
+        assert resolve_setup(env=env).mode == "auto"
+    for env in ({"TPU_WORKER_HOSTNAMES": "localhost"}, {"OMPI_COMM_WORLD_SIZE": "1"}):
+        assert resolve_setup(env=env).mode == "single"
