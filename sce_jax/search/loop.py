@@ -122,7 +122,9 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
             due = (s.step >= mask_cfg.warmup_steps) & ((s.step - mask_cfg.warmup_steps) % mask_cfg.period == 0)
 
             def new_masks(_):
-                change = masks.change_map(out.decoded, inp.decoded0)
+                # Only the allowed area counts: D(z) also moves under locked or excluded
+                # pixels, and a peak there would push the whole allowed area below tau.
+                change = masks.change_map(out.decoded, inp.decoded0) * allowed
                 keep = masks.threshold_mask(change, blur_sigma=mask_cfg.blur_sigma,
                                             threshold=mask_cfg.threshold) * allowed
                 pm = masks.soften(keep, allowed, mask_cfg.soft_border)

@@ -3,7 +3,8 @@
 Masks are float arrays of shape (B, H, W, 1) in pixels or (B, h, w, 1) in latents, 1 where the
 image may change. The edit mask of a search step (DESIGN.md section 2.6) is::
 
-    d    = sum_c |D(z) - x0|                 change map of the current reconstruction
+    d    = sum_c |D(z) - x0| * allowed       change map of the current reconstruction
+                                             (inside the area that may change)
     d'   = blur_sigma(d) / max(blur_sigma(d))
     keep = [d' >= tau] * allowed             allowed = user region * unlocked area
     m    = blur_border(keep) * allowed       soft border, never outside ``allowed``
