@@ -58,3 +58,24 @@ def test_second_attempt_works_when_the_decoder_leaks_into_the_locked_area():
     second = np.any(result.image[:, 1] != x, axis=-1)
     assert first[:, 0:4, 0:4].all() and second[:, 12:16, 12:16].all()
     assert not (first & second).any()
+
+
+def test_without_the_lock_both_attempts_take_the_strong_reason():
+    from tests.toy_models import toy_generator
+
+    weights = np.zeros((16, 16), np.float32)
+    weights[0:4, 0:4] = 2.0
+    weights[12:16, 12:16] = 1.0
+    clf = weighted_colour_classifier(weights, scale=30.0)
+    x = greenish_images(2, seed=2)
+    x[..., 0] = x[..., 1] - 0.1
+    config = small_config(steps=100, attempts=2, learning_rate=0.005, lock=False)
+    config.mask.blur_sigma = 0.5
+    config.mask.threshold = 0.6
+    config.mask.warmup_steps = 2
+    config.mask.period = 1
+    result = Explainer(toy_generator(), clf, config).explain(x, targets=[1, 1])
+    assert result.success.all(), result.prob_after
+    for k in range(2):  # the same reason twice: what the lock exists to prevent
+        changed = np.any(result.image[:, k] != x, axis=-1)
+        assert changed[:, 0:4, 0:4].all() and not changed[:, 12:16, 12:16].any()

@@ -28,6 +28,8 @@ def default_search_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.steps = 100               # step budget per attempt
     c.attempts = 2              # K diverse counterfactuals per (image, target)
+    c.lock = True               # attempt k may not change what successful attempts < k changed
+                                # (False: K independent attempts that differ only in their noise)
     # objective: cls(f(x_cf)/T, t) + l1 * mean|z - z0| + l2 * ||z - z0||_2 + pixel_l1 * mean|x_cf - x|
     c.class_loss = "ce"         # "ce": softmax cross-entropy to the target; "logit": -logit_t
     c.temperature = 3.0
@@ -87,6 +89,7 @@ class SearchSettings:
 
     steps: int
     attempts: int
+    lock: bool
     class_loss: str
     temperature: float
     l1: float
@@ -158,6 +161,7 @@ def settings_from_config(config: ml_collections.ConfigDict | Mapping[str, Any] |
     return SearchSettings(
         steps=int(_at_least("steps", int(merged["steps"]), 1)),
         attempts=int(_at_least("attempts", int(merged["attempts"]), 1)),
+        lock=bool(merged["lock"]),
         class_loss=_choice("class_loss", merged["class_loss"], CLASS_LOSSES),
         temperature=float(_at_least("temperature", float(merged["temperature"]), 1e-6)),
         l1=float(_at_least("l1", float(merged["l1"]), 0.0)),

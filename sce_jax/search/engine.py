@@ -17,7 +17,8 @@ union of the regions changed by the successful attempts before it::
 
 (``d'`` is the blurred change map divided by its maximum, as for the edit mask; the final blur
 grows the locked region by the blur radius so the next attempt cannot work along its border).
-A failed attempt locks nothing.
+A failed attempt locks nothing. ``settings.lock = False`` turns the lock off (the ablation of
+diversification): the K attempts then differ only in their noise samples.
 
 Randomness: example ``b`` with target ``t`` in attempt ``k`` uses
 ``fold_in(fold_in(fold_in(key(seed), example_id_b), t), k)``, so its result does not depend on
@@ -125,7 +126,8 @@ def explain_batch(gen_params, cls_params, batch: Batch, *, decode_fn: Callable,
         significant = masks.threshold_mask(change, blur_sigma=settings.mask.blur_sigma,
                                            threshold=settings.mask.threshold) * (change > 0)
         changed = (masks.gaussian_blur(significant, settings.mask.blur_sigma) > 0).astype(x.dtype)
-        locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
+        if settings.lock:
+            locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
         d = objectives.distances(res.latent, z0, res.image, x)
         out = dict(image=res.image, latent=res.latent, mask=res.mask, success=res.success,
                    nonfinite=res.nonfinite, steps=res.steps, prob_after=res.prob_after,
