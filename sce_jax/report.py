@@ -9,7 +9,9 @@ be moved or zipped as a whole). The page holds:
    (target, attempt) the counterfactual, its difference heat map, the target, the target
    probability before -> after, whether the decision changed (on the written 8-bit image),
    the steps and distances;
-3. the inputs that were skipped, with their reasons.
+3. the inputs that were skipped, with their reasons;
+4. when ``scripts/evaluate.py`` has evaluated the run, its plots: every PNG in
+   ``evaluation/``, with a link to ``evaluation/metrics.json``.
 
 Small images are enlarged by an integer factor with ``image-rendering: pixelated`` so
 their pixels stay visible. All text from the manifest is HTML-escaped.
@@ -31,6 +33,7 @@ from sce_jax import image_io
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.html"
+EVALUATION = "evaluation"  # the folder scripts/evaluate.py writes its metrics and plots into
 DISPLAY_PIXELS = 128  # small images are enlarged to about this size
 
 # Known summary fields: (key, label, format).
@@ -67,6 +70,7 @@ img.pixelated { image-rendering: pixelated; image-rendering: crisp-edges; }
 .note { background: #fff6d5; padding: 0.5em; border: 1px solid #e5c100; }
 .legend { color: #444; font-size: 0.9em; max-width: 60em; }
 .missing { color: #b00020; font-size: 0.8em; }
+.evaluation img { max-width: 100%; height: auto; }
 """
 
 
@@ -303,6 +307,26 @@ def _skipped_section(records: Iterable[Mapping[str, Any]]) -> str:
             f"<tr><th>id</th><th>source</th><th>reason</th></tr>{rows}</table>")
 
 
+def _evaluation_section(images: _Images) -> str:
+    """The evaluation's plots (PNGs in ``evaluation/``), or nothing when there are none."""
+    folder = os.path.join(images.workdir, EVALUATION)
+    try:
+        names = sorted(n for n in os.listdir(folder)
+                       if n.lower().endswith(".png") and not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    if not names:
+        return ""
+    metrics = f"{EVALUATION}/metrics.json"
+    link = ""
+    if os.path.isfile(os.path.join(images.workdir, metrics)):
+        link = (f'<p>All numbers: <a href="{_esc(urllib.parse.quote(metrics))}">'
+                f"{_esc(metrics)}</a></p>")
+    figures = "".join(images.tag(f"{EVALUATION}/{name}", os.path.splitext(name)[0].replace("_", " "))
+                      for name in names)
+    return f'<h2>Evaluation</h2>{link}<div class="evaluation">{figures}</div>'
+
+
 LEGEND = (
     "Each row shows one input image (grey card: its true label and the classifier's decision "
     "with its probability) and, for every target and attempt, the counterfactual: the changed "
@@ -325,6 +349,7 @@ def render_report(records: Sequence[Mapping[str, Any]], summary: Mapping[str, An
     title = title or f"Counterfactual explanations: {os.path.basename(os.path.normpath(workdir))}"
     body = (f"<h1>{_esc(title)}</h1><p class=\"legend\">{LEGEND}</p>"
             + _summary_section(summary)
+            + _evaluation_section(images)
             + _examples_section(records, names, images, max_examples)
             + _skipped_section(records))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

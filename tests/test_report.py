@@ -161,3 +161,21 @@ def test_report_without_summary_still_renders(tmp_path):
         json.dumps({"example_id": 0, "source": "a.png", "status": "skipped", "reason": "file not found"}) + "\n")
     page = _parse(report.write_report(str(tmp_path)))
     assert "summary.json was not found" in page.joined and "file not found" in page.joined
+
+
+def test_evaluation_plots_are_linked_when_present(workdir):
+    page = _parse(report.write_report(str(workdir)))
+    assert "Evaluation" not in page.joined  # no evaluation/ folder: no section
+    (workdir / "evaluation").mkdir()
+    for name in ("distances.png", "best_worst.png"):
+        image_io.write_png(str(workdir / "evaluation" / name), np.zeros((200, 300, 3)))
+    (workdir / "evaluation" / "notes.txt").write_text("not a plot")
+    (workdir / "evaluation" / ".distances.png.123-ab.tmp").write_bytes(b"partial")
+    page = _parse(report.write_report(str(workdir)))
+    plots = [s for s in page.images if s.startswith("evaluation/")]
+    assert plots == ["evaluation/best_worst.png", "evaluation/distances.png"]
+    assert "evaluation/metrics.json" not in page.links  # not written: not linked
+    (workdir / "evaluation" / "metrics.json").write_text("{}")
+    page = _parse(report.write_report(str(workdir)))
+    assert "evaluation/metrics.json" in page.links
+    assert page.joined.index("Evaluation") < page.joined.index("Counterfactuals (2 images)")

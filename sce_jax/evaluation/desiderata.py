@@ -1,0 +1,121 @@
+"""The desiderata (DESIGN.md section 3) of one run's written counterfactuals, as arrays.
+
+Row ``i`` of every array is produced record ``i`` of :class:`~sce_jax.evaluation.run_outputs.
+RunOutputs`. Each function hands the arrays to the metric modules of :mod:`sce_jax.metrics`,
+which hold the formulas; here only the selection of rows is decided:
+
+- validity: the run's classifier on the written 8-bit counterfactual, with the search's own
+  decision rule per target kind; for ``"flip"`` the desired decision is the opposite of the
+  classifier's decision on the written original, ``value = 1 - [l_t(x) > 0]``, as in the search;
+- non-adversarial: the surrogate on the same images, same targets and rule, over the valid rows;
+- proximity and sparsity: every row (summaries then select the valid ones);
+- diversity: the K attempts of each (example, target), valid attempts only;
+- realism: FID/KID between the features of the originals (one per image that was explained)
+  and of the valid counterfactuals.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sce_jax import metrics
+
+KINDS = ("class", "other", "flip")
+
+
+def flip_values(original_logits: np.ndarray, targets: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
+    """``(N,)`` desired decision of a flipped attribute, ``1 - [l_t(x) > 0]``; 0 for other kinds."""
+    logits = np.asarray(original_logits)
+    targets = np.asarray(targets, np.int64)
+    on = logits[np.arange(len(targets)), np.clip(targets, 0, logits.shape[1] - 1)] > 0
+    flip = np.asarray([k == "flip" for k in kinds], bool)
+    return np.where(flip & ~on, 1.0, 0.0).astype(np.float32)
+
+
+def _check_kinds(kinds: Sequence[str]) -> None:
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown target kind(s) {unknown} in the manifest; expected {KINDS}")
+
+
+def target_reached(logits: np.ndarray, targets: np.ndarray, values: np.ndarray,
+                   kinds: Sequence[str], *, goal_probability: float) -> np.ndarray:
+    """``(N,)`` bool: :func:`sce_jax.metrics.reaches_target` per row, with each row's kind."""
+    _check_kinds(kinds)
+    kinds = np.asarray(kinds)
+    reached = np.zeros(len(kinds), bool)
+    for kind in KINDS:
+        rows = np.flatnonzero(kinds == kind)
+        if rows.size:
+            reached[rows] = metrics.reaches_target(
+                np.asarray(logits)[rows], np.asarray(targets)[rows],
+                np.asarray(values)[rows] if kind == "flip" else None,
+                kind=kind, goal_probability=goal_probability)
+    return reached
+
+
+def distances(originals: np.ndarray, counterfactuals: np.ndarray,
+              latent_originals: np.ndarray | None = None,
+              latent_counterfactuals: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per row: ``pixel_l1/l2`` (and ``latent_l1/l2``), ``changed_fraction``, ``hoyer``."""
+    out = metrics.proximity(originals, counterfactuals, latent_originals, latent_counterfactuals)
+    out.update(metrics.sparsity(originals, counterfactuals))
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def attempt_diversity(originals: np.ndarray, counterfactuals: np.ndarray, valid: np.ndarray,
+                      groups: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """Per (example, target) group: :func:`sce_jax.metrics.diversity` of its valid attempts.
+
+    Groups are batched by their number of attempts (all equal in a normal run).
+    """
+    names = ("diversity_cosine", "pairwise_l1", "pairwise_l2", "num_attempts_used")
+    out = {name: np.full(len(groups), np.nan) for name in names}
+    by_size: dict[int, list[int]] = {}
+    for g, rows in enumerate(groups):
+        by_size.setdefault(len(rows), []).append(g)
+    for size, members in by_size.items():
+        rows = np.asarray([groups[g] for g in members])       # (G, K)
+        result = metrics.diversity(originals[rows[:, 0]], counterfactuals[rows], valid[rows])
+        for name in names:
+            out[name][members] = np.asarray(result[name], np.float64)
+    return out
+
+
+def realism(original_features: np.ndarray, counterfactual_features: np.ndarray, *,
+            kid_subset_size: int, kid_subsets: int, seed: int = 0) -> dict[str, Any]:
+    """FID and KID (mean, std) between the two feature sets; None (with a note) below 2 rows."""
+    n_orig, n_cf = len(original_features), len(counterfactual_features)
+    if n_orig < 2 or n_cf < 2:
+        return {"fid": None, "kid": None, "kid_std": None, "num_originals": n_orig,
+                "num_counterfactuals": n_cf,
+                "note": "FID/KID need at least 2 originals and 2 valid counterfactuals"}
+    value = metrics.kid(original_features, counterfactual_features, subset_size=kid_subset_size,
+                        num_subsets=kid_subsets, seed=seed)
+    return {"fid": metrics.fid(original_features, counterfactual_features), "kid": value.mean,
+            "kid_std": value.std, "kid_subset_size": value.subset_size,
+            "kid_subsets": value.num_subsets, "num_originals": n_orig,
+            "num_counterfactuals": n_cf}
+
+
+def first_row_per_example(produced: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """Indices of the first produced row of each example (its original, counted once)."""
+    seen, rows = set(), []
+    for i, r in enumerate(produced):
+        if r["example_id"] not in seen:
+            seen.add(r["example_id"])
+            rows.append(i)
+    return np.asarray(rows, np.int64)
+
+
+def flip_rate_per_class(targets: Sequence[int], valid: np.ndarray) -> dict[int, dict[str, float]]:
+    """``{target: {"flip_rate": mean(valid), "count": n}}`` over the rows of each target.
+
+    The target is the class to reach, the class to leave (``"other"``) or the attribute.
+    """
+    targets = np.asarray(targets)
+    return {int(t): {"flip_rate": metrics.flip_rate(valid[targets == t]),
+                     "count": int(np.sum(targets == t))}
+            for t in sorted(set(targets.tolist()))}
