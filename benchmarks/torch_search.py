@@ -15,11 +15,13 @@ update         mask the gradient with the latent mask, clip and sparsify per exa
                ``torch.optim.SGD`` (momentum, dampening 0 = optax.sgd) or ``torch.optim.Adam``;
                the latent is reset to ``z0`` outside the latent mask
 edit mask      every ``period`` steps after the warm-up:
-               ``keep = [blur(d) / max blur(d) >= tau] * allowed``, ``d = sum_c |D(z) - D(z0)|``,
+               ``keep = [blur(d) / max blur(d) >= tau] * allowed``,
+               ``d = sum_c |D(z) - D(z0)| * allowed``,
                soft border, latent mask = max-pool + dilation
 stopping       an example that reaches its target (or turns non-finite) is frozen; the others
                go on; then the final re-check, and best-so-far for those that failed
 diversity      K attempts; attempt k may not change what successful attempts before it changed
+               (grown by ``mask.lock_margin`` pixels; no lock when ``lock`` is off)
 
 Differences that are not algorithmic: images are NCHW (PyTorch's layout), and the smoothing
 noise comes from a ``torch.Generator`` instead of JAX's per-example keys, so with smoothing on
@@ -285,13 +287,17 @@ def soften(mask, allowed, border: float):
     return mask.clamp(0.0, 1.0) * allowed
 
 
+def dilate(maps, cells: int):
+    """Grows a binary NCHW mask by ``cells`` in every direction (square structuring)."""
+    if cells <= 0:
+        return maps
+    return F.max_pool2d(maps, 2 * cells + 1, 1, padding=cells)
+
+
 def latent_mask(pixel_mask, factor: int, dilation: int):
     """Latent cells any of whose pixels may change, dilated by ``dilation`` cells."""
     pooled = F.max_pool2d(pixel_mask, factor, factor) if factor > 1 else pixel_mask
-    cells = (pooled > 0).to(pixel_mask.dtype)
-    if dilation > 0:
-        cells = F.max_pool2d(cells, 2 * dilation + 1, 1, padding=dilation)
-    return cells
+    return dilate((pooled > 0).to(pixel_mask.dtype), dilation)
 
 
 # -------------------------------------------------------------------------------- search
@@ -459,7 +465,7 @@ def _run_attempt(search: BatchSearch, allowed, valid, step_times: list | None):
             new_pixel_mask, new_lat_mask = pixel_mask, lat_mask
             if mcfg.enabled:
                 if step >= mcfg.warmup_steps and (step - mcfg.warmup_steps) % mcfg.period == 0:
-                    change = change_map(decoded, decoded0)
+                    change = change_map(decoded, decoded0) * allowed
                     keep_px = threshold_mask(change, blur_sigma=mcfg.blur_sigma,
                                              threshold=mcfg.threshold) * allowed
                     new_pixel_mask = soften(keep_px, allowed, mcfg.soft_border)
@@ -579,8 +585,9 @@ def explain_batch_torch(generator: TorchGenerator, classifier: TorchClassifier, 
             change = change_map(res["image"], x)
             significant = threshold_mask(change, blur_sigma=settings.mask.blur_sigma,
                                          threshold=settings.mask.threshold) * (change > 0)
-            changed = (gaussian_blur(significant, settings.mask.blur_sigma) > 0).to(x.dtype)
-            locked = torch.maximum(locked, changed * _rows(res["success"], changed).to(x.dtype))
+            changed = dilate(significant, settings.mask.lock_margin)
+            if settings.lock:
+                locked = torch.maximum(locked, changed * _rows(res["success"], changed).to(x.dtype))
         res["prediction_after"] = res["logits"].argmax(-1)
         attempts.append({k: _nhwc(v) for k, v in res.items() if k != "logits"})
     out = {k: np.stack([a[k] for a in attempts], axis=1) for k in attempts[0]}

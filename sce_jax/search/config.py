@@ -59,6 +59,7 @@ def default_search_config() -> ml_collections.ConfigDict:
     c.mask.threshold = 0.2      # keep where blurred change / its max >= threshold
     c.mask.dilation = 1         # latent cells added around the mask
     c.mask.soft_border = 1.0    # pixels of soft border on the pixel mask (0: hard)
+    c.mask.lock_margin = 0      # pixels a successful attempt's change grows by when locked
     c.seed = 0
     c.progress_every = 0        # steps between progress callbacks (0: none)
     return c
@@ -81,6 +82,7 @@ class MaskSettings:
     threshold: float
     dilation: int
     soft_border: float
+    lock_margin: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +157,8 @@ def settings_from_config(config: ml_collections.ConfigDict | Mapping[str, Any] |
         blur_sigma=float(_at_least("mask.blur_sigma", float(m["blur_sigma"]), 0.0)),
         threshold=float(_at_least("mask.threshold", float(m["threshold"]), 0.0)),
         dilation=int(_at_least("mask.dilation", int(m["dilation"]), 0)),
-        soft_border=float(_at_least("mask.soft_border", float(m["soft_border"]), 0.0)))
+        soft_border=float(_at_least("mask.soft_border", float(m["soft_border"]), 0.0)),
+        lock_margin=int(_at_least("mask.lock_margin", int(m["lock_margin"]), 0)))
     if mask.threshold > 1:
         raise SearchConfigError(f"search config mask.threshold={mask.threshold}: must be in [0, 1]")
     return SearchSettings(

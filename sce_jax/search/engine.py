@@ -13,10 +13,11 @@ union of the regions changed by the successful attempts before it::
 
     allowed_k = region * (1 - locked_k)
     locked_{k+1} = max(locked_k, success_k * changed_k)
-    changed_k = blur([d'_k >= tau] * [d_k > 0]) > 0,   d_k = sum_c |x_cf_k - x|
+    changed_k = dilate_r([d'_k >= tau] * [d_k > 0]),   d_k = sum_c |x_cf_k - x|
 
-(``d'`` is the blurred change map divided by its maximum, as for the edit mask; the final blur
-grows the locked region by the blur radius so the next attempt cannot work along its border).
+(``d'`` is the blurred change map divided by its maximum, as for the edit mask; the square
+dilation by ``r = mask.lock_margin`` pixels keeps the next attempt off the border of what
+was changed).
 A failed attempt locks nothing. ``settings.lock = False`` turns the lock off (the ablation of
 diversification): the K attempts then differ only in their noise samples.
 
@@ -125,7 +126,7 @@ def explain_batch(gen_params, cls_params, batch: Batch, *, decode_fn: Callable,
         change = masks.change_map(res.image, x)
         significant = masks.threshold_mask(change, blur_sigma=settings.mask.blur_sigma,
                                            threshold=settings.mask.threshold) * (change > 0)
-        changed = (masks.gaussian_blur(significant, settings.mask.blur_sigma) > 0).astype(x.dtype)
+        changed = masks.dilate(significant, settings.mask.lock_margin)
         if settings.lock:
             locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
         d = objectives.distances(res.latent, z0, res.image, x)
