@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.models.conv import conv_general_dilated
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.resnet import InferenceBatchNorm, global_average_pool, max_pool_padded
 
@@ -136,7 +137,8 @@ def avg_pool_2x2(x: Array) -> Array:
 
 def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, **kw) -> nnx.Conv:
     return nnx.Conv(in_channels, out_channels, (kernel, kernel), strides=stride,
-                    padding=((padding, padding), (padding, padding)), use_bias=False, **kw)
+                    padding=((padding, padding), (padding, padding)), use_bias=False,
+                    conv_general_dilated=conv_general_dilated, **kw)
 
 
 class DenseLayer(nnx.Module):

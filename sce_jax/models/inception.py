@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.models.conv import conv_general_dilated
+
 Array = jax.Array
 MIN_SIZE = 75
 
@@ -81,7 +83,8 @@ class BasicConv2d(nnx.Module):
         ph, pw = _pair(padding)
         self.conv = nnx.Conv(in_channels, out_channels, _pair(kernel_size), strides=stride,
                              padding=((ph, ph), (pw, pw)), use_bias=False, rngs=rngs,
-                             dtype=dtype, param_dtype=param_dtype)
+                             dtype=dtype, param_dtype=param_dtype,
+                             conv_general_dilated=conv_general_dilated)
         self.bn = nnx.BatchNorm(out_channels, use_running_average=True, epsilon=1e-3,
                                 rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.models.conv import conv_general_dilated
 from sce_jax.models.model_config import ConfigError
 
 Array = jax.Array
@@ -158,7 +159,7 @@ def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, padding
           groups: int = 1, **kw) -> nnx.Conv:
     return nnx.Conv(in_channels, out_channels, (kernel, kernel), strides=stride,
                     padding=((padding, padding), (padding, padding)), feature_group_count=groups,
-                    use_bias=False, **kw)
+                    use_bias=False, conv_general_dilated=conv_general_dilated, **kw)
 
 
 class BasicBlock(nnx.Module):

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.models.conv import conv_general_dilated
 from sce_jax.models.densenet import avg_pool_2x2
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.resnet import global_average_pool
@@ -84,7 +85,8 @@ class SmallCNN(nnx.Module):
         channels = (config.in_channels,) + tuple(config.widths)
         self.convs = nnx.List([
             nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), kernel_init=HE_NORMAL, rngs=rngs,
-                     dtype=dtype, param_dtype=param_dtype)
+                     dtype=dtype, param_dtype=param_dtype,
+                     conv_general_dilated=conv_general_dilated)
             for cin, cout in zip(channels[:-1], channels[1:])])
         self.fc = nnx.Linear(channels[-1], config.num_classes, rngs=rngs, dtype=dtype,
                              param_dtype=param_dtype)

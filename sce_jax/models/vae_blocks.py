@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.models.conv import conv_general_dilated
+
 Array = jax.Array
 DType = jnp.dtype | type
 
@@ -94,7 +96,8 @@ class LayerFactory:
             padding = ((padding, padding), (padding, padding))
         return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), (stride, stride),
                         padding=padding, use_bias=use_bias, dtype=self.dtype,
-                        param_dtype=self.param_dtype, rngs=self.rngs)
+                        param_dtype=self.param_dtype, rngs=self.rngs,
+                        conv_general_dilated=conv_general_dilated)
 
     def linear(self, in_features: int, out_features: int, *, use_bias: bool = True) -> nnx.Linear:
         return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=self.dtype,

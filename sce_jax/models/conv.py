@@ -1,0 +1,147 @@
+"""A convolution whose input gradient stays on XLA:CPU's fast path inside loops.
+
+XLA:CPU runs a convolution through its library kernels (Eigen) only in the canonical form:
+NHWC input and output, HWIO kernel. Its pass that rewrites other forms into the canonical one
+(``ConvCanonicalization``) visits the top-level computation only. JAX differentiates
+``y = conv(x, k)`` with respect to ``x`` as a convolution of the cotangent with the reversed
+kernel whose feature dimensions are swapped (``HWOI``). At the top level XLA canonicalises it
+(a transposed copy of the kernel); inside a ``while`` loop -- the search loop, ``lax.scan``,
+``lax.fori_loop``, ``lax.map`` -- it does not, and emits the convolution as a plain loop nest,
+2-10x slower than the library call (the benchmark counts them: ``scripts/benchmark.py
+--breakdown``).
+
+:func:`conv_general_dilated` is ``jax.lax.conv_general_dilated`` with a JVP rule whose
+input tangent is written with an explicitly transposed kernel under the swapped spec::
+
+    d_x y = conv(dx, swapaxes(k, I, O), spec with I and O exchanged)
+
+which is the same linear map. Reverse mode transposes it into a convolution of the cotangent
+with ``reverse(swapaxes(k))`` under the kernel's own spec (HWIO): canonical wherever it runs.
+Small feature maps take another path. When a kernel covers more positions than the map it
+slides over (``kh * kw > Ho * Wo``: the 3x3 convolutions of a ResNet's last stage on 64x64
+images run on 2x2 maps), XLA's algebraic simplifier swaps the convolution's operands, and the
+result is again a form XLA:CPU emits as a loop nest, at the top level too. There the
+convolution is computed as what it is, a matrix product over the image patches::
+
+    y[b, p, q, o] = sum_{i, j, c} xpad[b, s p + i, s q + j, c] k[i, j, c, o]
+
+(``kh * kw`` strided slices of the padded input, concatenated along channels, times the
+kernel reshaped to ``(kh kw C, O)``); its gradients are slices, pads and matrix products.
+It is used for NHWC/HWIO convolutions without dilation or feature groups.
+
+Values and gradients are those of ``jax.lax.conv_general_dilated`` (up to float rounding on
+the matrix-product path). The ports pass it to ``nnx.Conv(conv_general_dilated=...)``; a
+custom model can do the same.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+Array = jax.Array
+
+
+def _rhs_spec(dimension_numbers, lhs_ndim: int, rhs_shape) -> tuple[int, ...]:
+    """The kernel's ``(out_feature, in_feature, *spatial)`` dimension indices."""
+    dn = jax.lax.conv_dimension_numbers((1,) * lhs_ndim, rhs_shape, dimension_numbers)
+    return tuple(dn.rhs_spec)
+
+
+def _swapped(dimension_numbers, lhs_ndim: int, rhs_shape) -> jax.lax.ConvDimensionNumbers:
+    """The dimension numbers for a kernel whose in/out feature axes have been swapped."""
+    dn = jax.lax.conv_dimension_numbers((1,) * lhs_ndim, rhs_shape, dimension_numbers)
+    out_dim, in_dim, *spatial = dn.rhs_spec
+    return jax.lax.ConvDimensionNumbers(dn.lhs_spec, (in_dim, out_dim, *spatial), dn.out_spec)
+
+
+NHWC = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _patch_matmul_pads(lhs, rhs, window_strides, padding, kwargs):
+    """The explicit padding when the matrix-product path applies (see the module docstring),
+    else None."""
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        return None
+    dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs.get("dimension_numbers"))
+    if dn != NHWC:
+        return None
+    if kwargs.get("feature_group_count", 1) != 1 or kwargs.get("batch_group_count", 1) != 1:
+        return None
+    if kwargs.get("out_sharding") is not None:
+        return None
+    for key in ("lhs_dilation", "rhs_dilation"):
+        if any(d != 1 for d in (kwargs.get(key) or ())):
+            return None
+    kh, kw = rhs.shape[:2]
+    strides = tuple(window_strides)
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        return None
+    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in
+           zip(lhs.shape[1:3], pads, (kh, kw), strides)]
+    if min(out) < 1 or kh * kw <= 1 or kh * kw <= out[0] * out[1]:
+        return None
+    return pads
+
+
+def _patch_matmul(x, k, strides, pads, precision=None, preferred_element_type=None):
+    """``y[b, p, q, o] = sum_{i, j, c} xpad[b, s p + i, s q + j, c] k[i, j, c, o]``."""
+    kh, kw, cin, cout = k.shape
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    ho = (xp.shape[1] - kh) // strides[0] + 1
+    wo = (xp.shape[2] - kw) // strides[1] + 1
+    patches = [jax.lax.slice(xp, (0, i, j, 0),
+                             (xp.shape[0], i + strides[0] * (ho - 1) + 1,
+                              j + strides[1] * (wo - 1) + 1, cin),
+                             (1, strides[0], strides[1], 1))
+               for i in range(kh) for j in range(kw)]
+    cols = jnp.concatenate(patches, axis=-1)                       # (B, Ho, Wo, kh kw C)
+    return jax.lax.dot_general(cols, k.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())),
+                               precision=precision, preferred_element_type=preferred_element_type)
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, **kwargs) -> Array:
+    """``jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)``, with
+    the input gradient expressed as a canonical convolution, and small maps as a matrix
+    product over patches (see the module docstring)."""
+    pads = _patch_matmul_pads(lhs, rhs, window_strides, padding, kwargs)
+    if pads is not None:
+        return _patch_matmul(lhs, rhs, tuple(window_strides), pads,
+                             precision=kwargs.get("precision"),
+                             preferred_element_type=kwargs.get("preferred_element_type"))
+    dimension_numbers = kwargs.pop("dimension_numbers", None)
+
+    def conv(x, k, dn=dimension_numbers):
+        return jax.lax.conv_general_dilated(x, k, window_strides, padding,
+                                            dimension_numbers=dn, **kwargs)
+
+    @jax.custom_jvp
+    def fn(x, k):
+        return conv(x, k)
+
+    def jvp(primals, tangents):
+        x, k = primals
+        dx, dk = tangents
+        y = conv(x, k)
+        terms = []
+        if not isinstance(dx, SymbolicZero):
+            out_dim, in_dim, *spatial = _rhs_spec(dimension_numbers, x.ndim, k.shape)
+            # The input-gradient kernel reverse(swapaxes(k)), behind a barrier: XLA does not
+            # hoist a lone transpose or reverse out of a loop, but hoists this chain.
+            back = jax.lax.optimization_barrier(
+                jax.lax.rev(jnp.swapaxes(k, out_dim, in_dim), spatial))
+            terms.append(conv(dx, jax.lax.rev(back, spatial),
+                              _swapped(dimension_numbers, x.ndim, k.shape)))
+        if not isinstance(dk, SymbolicZero):
+            terms.append(conv(x, dk))
+        if not terms:
+            return y, jnp.zeros_like(y)
+        dy = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return y, dy
+
+    fn.defjvp(jvp, symbolic_zeros=True)
+    return fn(lhs, rhs)
