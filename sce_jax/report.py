@@ -60,7 +60,7 @@ table.summary td, table.summary th, table.skipped td, table.skipped th {
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .example { display: flex; flex-wrap: wrap; gap: 0.8em; align-items: flex-start;
   border-top: 1px solid #ccc; padding: 0.8em 0; }
-.card { font-size: 0.85em; max-width: 22em; }
+.card { font-size: 0.85em; max-width: 22em; overflow-wrap: anywhere; }
 .card.original { background: #f4f4f4; padding: 0.4em; }
 .images { display: flex; gap: 0.3em; }
 figure { margin: 0; } figcaption { font-size: 0.8em; color: #555; }
@@ -268,7 +268,9 @@ def _original_card(record: Mapping[str, Any], names: _Names, images: _Images) ->
     files = record.get("files") or {}
     label = record.get("label")
     prediction = record.get("prediction")
-    lines = [f"<b>#{_esc(record['example_id'])}</b> {_esc(record.get('source', ''))}",
+    source = str(record.get("source", ""))
+    lines = [f'<b>#{_esc(record["example_id"])}</b> '
+             f'<span title="{_esc(source)}">{_esc(os.path.basename(source))}</span>',
              f"label: {_esc(names(label))}",
              f"decision: {_esc(names(prediction))}, p {_probability(record.get('prob_prediction'))}"]
     if _is_number(label) and _is_number(prediction) and label != prediction:
