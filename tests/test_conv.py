@@ -1,4 +1,5 @@
-"""sce_jax.models.conv.conv_general_dilated is jax.lax.conv_general_dilated, values and gradients.
+"""sce_jax.models.conv.conv_general_dilated is jax.lax.conv_general_dilated, values and gradients;
+vae_blocks.GroupNorm is nnx.GroupNorm.
 
 The ports use it for every convolution so that XLA:CPU keeps the input gradient on its
 library path inside the search loop; whatever form it takes, it must compute the same
@@ -10,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from sce_jax.models.conv import conv_general_dilated
+from sce_jax.models.vae_blocks import GroupNorm
 
 DN = ("NHWC", "HWIO", "NHWC")
 CASES = {
@@ -22,6 +25,10 @@ CASES = {
     "grouped": dict(x=(2, 6, 6, 8), k=(3, 3, 4, 6), strides=(1, 1), padding="SAME", groups=2),
     "dilated": dict(x=(1, 10, 10, 2), k=(3, 3, 2, 3), strides=(1, 1), padding="VALID", rhs_dilation=(2, 2)),
     "large_map": dict(x=(1, 40, 40, 2), k=(3, 3, 2, 2), strides=(1, 1), padding="SAME"),
+    # kernels covering more positions than the output: the matrix product over patches
+    "small_map_2x2": dict(x=(3, 2, 2, 8), k=(3, 3, 8, 6), strides=(1, 1), padding=((1, 1), (1, 1))),
+    "small_map_stride2": dict(x=(3, 4, 4, 8), k=(3, 3, 8, 6), strides=(2, 2), padding=((1, 1), (1, 1))),
+    "small_map_1x1": dict(x=(2, 1, 1, 4), k=(3, 3, 4, 5), strides=(1, 1), padding="SAME"),
 }
 
 
@@ -73,3 +80,63 @@ def test_input_gradient_inside_a_loop_and_under_vmap():
     batched = jax.vmap(lambda a: conv_general_dilated(a[None], k, strides, padding, **dict(kwargs))[0])(x)
     np.testing.assert_allclose(batched, jax.lax.conv_general_dilated(x, k, strides, padding, **dict(kwargs)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_other_dimension_numbers():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 9, 9)), jnp.float32)  # NCHW
+    k = jnp.asarray(np.random.default_rng(1).normal(size=(6, 4, 3, 3)) * 0.3, jnp.float32)
+    kwargs = dict(dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=2)
+
+    def loss(f):
+        return lambda x_, k_: jnp.sum(jnp.sin(f(x_, k_, (2, 2), ((1, 1), (1, 1)), **kwargs)))
+
+    for argnum in (0, 1):
+        np.testing.assert_allclose(jax.grad(loss(conv_general_dilated), argnum)(x, k),
+                                   jax.grad(loss(jax.lax.conv_general_dilated), argnum)(x, k),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's convolution emitter")
+def test_no_loop_nest_convolution_inside_a_loop():
+    """XLA:CPU marks a convolution it emits as its own loop nest (instead of a library call)
+    with the parallel loop emitter's ``outer_dimension_partitions``; none may be in the loop."""
+    x, k, strides, padding, kwargs = _args(CASES["3x3_same"])
+
+    def search(z):
+        def body(_, z):
+            g = jax.grad(lambda a: jnp.sum(jnp.sin(
+                conv_general_dilated(a, k, strides, padding, **dict(kwargs)))))(z)
+            return z - 0.01 * g
+        return jax.lax.fori_loop(0, 3, body, z)
+
+    hlo = jax.jit(search).lower(x).compile().as_text()
+    convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
+    assert len(convolutions) == 2  # forward and input gradient
+    assert not [c for c in convolutions if "outer_dimension_partitions" in c]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5, 32), 8), ((2, 4, 4, 64), 32), ((3, 7, 12), 3)])
+def test_group_norm_matches_flax(shape, groups, dtype):
+    channels = shape[-1]
+    ours = GroupNorm(channels, num_groups=groups, epsilon=1e-6, use_fast_variance=False,
+                     rngs=nnx.Rngs(0), dtype=dtype)
+    flax_norm = nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-6,
+                              use_fast_variance=False, rngs=nnx.Rngs(0), dtype=dtype)
+    scale = jax.random.normal(jax.random.key(1), (channels,))
+    bias = jax.random.normal(jax.random.key(2), (channels,))
+    for norm in (ours, flax_norm):
+        norm.scale.set_value(scale)
+        norm.bias.set_value(bias)
+    x = (3.0 * jax.random.normal(jax.random.key(0), shape) + 2.0).astype(dtype)
+
+    def grad(norm):
+        return jax.grad(lambda x_: jnp.sum(jnp.sin(norm(x_).astype(jnp.float32))))(x)
+
+    y, want = ours(x), flax_norm(x)
+    assert y.dtype == want.dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(want, np.float32),
+                               rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(grad(ours), np.float32),
+                               np.asarray(grad(flax_norm), np.float32), rtol=tol, atol=tol)

@@ -17,6 +17,11 @@ input tangent is written with an explicitly transposed kernel under the swapped 
 
 which is the same linear map. Reverse mode transposes it into a convolution of the cotangent
 with ``reverse(swapaxes(k))`` under the kernel's own spec (HWIO): canonical wherever it runs.
+That kernel is computed behind an ``optimization_barrier``: XLA never hoists a lone transpose
+or reverse out of a loop (it counts them as too cheap), so without it every step of the
+search would re-transpose every kernel of the decoder and the classifier (~10% of a step for
+the SD VAE); behind the barrier it is computed once per search call.
+
 Small feature maps take another path. When a kernel covers more positions than the map it
 slides over (``kh * kw > Ho * Wo``: the 3x3 convolutions of a ResNet's last stage on 64x64
 images run on 2x2 maps), XLA's algebraic simplifier swaps the convolution's operands, and the
