@@ -40,18 +40,25 @@ def leaky_generator() -> Generator:
                                     downsample=FACTOR, latent_channels=3, name="leaky")
 
 
-def test_second_attempt_works_when_the_decoder_leaks_into_the_locked_area():
+def _two_reasons(**overrides):
+    """A classifier with a strong reason (block (0, 0)) and a weaker one (block (3, 3)),
+    images near its boundary, and a config whose mask narrows before attempt 1 succeeds."""
     weights = np.zeros((16, 16), np.float32)
-    weights[0:4, 0:4] = 2.0      # the strong reason, found and locked by attempt 1
-    weights[12:16, 12:16] = 1.0  # the weaker one, whose latent cell leaks into block (0, 0)
+    weights[0:4, 0:4] = 2.0
+    weights[12:16, 12:16] = 1.0
     clf = weighted_colour_classifier(weights, scale=30.0)
     x = greenish_images(2, seed=2)
     x[..., 0] = x[..., 1] - 0.1
-    config = small_config(steps=100, attempts=2, learning_rate=0.005)
+    config = small_config(steps=100, attempts=2, learning_rate=0.005, **overrides)
     config.mask.blur_sigma = 0.5
     config.mask.threshold = 0.6
     config.mask.warmup_steps = 2
     config.mask.period = 1
+    return clf, x, config
+
+
+def test_second_attempt_works_when_the_decoder_leaks_into_the_locked_area():
+    clf, x, config = _two_reasons()
     result = Explainer(leaky_generator(), clf, config).explain(x, targets=[1, 1])
     assert result.success.all(), result.prob_after
     first = np.any(result.image[:, 0] != x, axis=-1)
@@ -63,17 +70,7 @@ def test_second_attempt_works_when_the_decoder_leaks_into_the_locked_area():
 def test_without_the_lock_both_attempts_take_the_strong_reason():
     from tests.toy_models import toy_generator
 
-    weights = np.zeros((16, 16), np.float32)
-    weights[0:4, 0:4] = 2.0
-    weights[12:16, 12:16] = 1.0
-    clf = weighted_colour_classifier(weights, scale=30.0)
-    x = greenish_images(2, seed=2)
-    x[..., 0] = x[..., 1] - 0.1
-    config = small_config(steps=100, attempts=2, learning_rate=0.005, lock=False)
-    config.mask.blur_sigma = 0.5
-    config.mask.threshold = 0.6
-    config.mask.warmup_steps = 2
-    config.mask.period = 1
+    clf, x, config = _two_reasons(lock=False)
     result = Explainer(toy_generator(), clf, config).explain(x, targets=[1, 1])
     assert result.success.all(), result.prob_after
     for k in range(2):  # the same reason twice: what the lock exists to prevent
