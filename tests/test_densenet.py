@@ -16,6 +16,7 @@ from sce_jax.models.densenet import (DenseNet, DenseNetConfig, densenet121, dens
                                      densenet_legacy_key, torchvision_densenet_name)
 from sce_jax.models.model_config import ConfigError
 from sce_jax.weights.strict import load_torch_state_dict_into
+from tests.fast_compile import compiled, run_jitted  # noqa: F401
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -42,20 +43,6 @@ def single_torch_thread():
 
 # Test-only: most of the compile time of these graphs goes to LLVM's optimiser, which does not
 # change what is computed (XLA:CPU does not use fast-math either way).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def compiled(fn, *args):
-    """``jax.jit(fn)`` compiled for ``args``, with FAST_COMPILE where XLA knows the options."""
-    lowered = jax.jit(fn).lower(*args)
-    try:
-        return lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception:  # an XLA release without these options
-        return lowered.compile()
-
-
-def run_jitted(fn, *args):
-    return compiled(fn, *args)(*args)
 
 
 def nchw(x):
