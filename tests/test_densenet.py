@@ -17,6 +17,7 @@ from sce_jax.models.densenet import (DenseNet, DenseNetConfig, densenet121, dens
 from sce_jax.models.model_config import ConfigError
 from sce_jax.weights.strict import load_torch_state_dict_into
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
+from tests.torch_interop import nchw, nhwc, single_torch_thread  # noqa: F401
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -29,28 +30,6 @@ IMAGES = RNG.normal(size=(2, 32, 32, 3)).astype(np.float32)
 CALIBRATION = RNG.normal(size=(8, 32, 32, 3)).astype(np.float32)
 SMALL = dict(growth_rate=8, block_config=(2, 3, 2), num_init_features=16, bn_size=2, num_classes=5)
 SMALL_IMAGES = RNG.normal(size=(2, 36, 36, 3)).astype(np.float32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """torch with one intra-op thread while this module runs: on inputs this small its thread
-    pool costs far more than it saves (and competes with XLA's threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-# Test-only: most of the compile time of these graphs goes to LLVM's optimiser, which does not
-# change what is computed (XLA:CPU does not use fast-math either way).
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def numpy_state_dict(module):

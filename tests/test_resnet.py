@@ -12,6 +12,7 @@ from sce_jax.models.resnet import (Bottleneck, ResNet, ResNetConfig, resnet50, r
 from sce_jax.weights.strict import load_torch_state_dict_into
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict, tensor_rules
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
+from tests.torch_interop import nchw, nhwc, single_torch_thread  # noqa: F401
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -22,28 +23,6 @@ TARGET = 3          # the logit whose input gradient is compared
 RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(size=(2, 32, 32, 3)).astype(np.float32)
 CALIBRATION = RNG.normal(size=(8, 32, 32, 3)).astype(np.float32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """torch with one intra-op thread while this module runs: on inputs this small its thread
-    pool costs far more than it saves (and competes with XLA's threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-# Test-only: most of the compile time of these graphs goes to LLVM's optimiser, which does not
-# change what is computed (XLA:CPU does not use fast-math either way).
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
 def randomise_batch_norms(model, seed):

@@ -14,10 +14,6 @@ from sce_jax.weights.strict import load_torch_state_dict_into
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
 
-# Test-only: most of the compile time of these graphs goes to LLVM's optimiser, which does not
-# change what is computed (XLA:CPU does not use fast-math either way).
-
-
 RNG = np.random.default_rng(2)
 TARGET = 1
 

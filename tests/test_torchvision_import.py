@@ -20,6 +20,7 @@ from sce_jax.weights.torch_layout import nnx_to_torch_state_dict, tensor_rules
 from sce_jax.weights.torchvision_import import (ArchitectureMismatchError, describe_architecture,
                                                 infer_num_classes, infer_torchvision_config,
                                                 load_torchvision_classifier)
+from tests.torch_interop import single_torch_thread  # noqa: F401
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -27,16 +28,6 @@ pytestmark = pytest.mark.torch
 
 NUM_CLASSES = 7
 RESNET18 = "resnet18 (basic blocks (2, 2, 2, 2), 7 classes, 3 input channels)"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """torch with one intra-op thread while this module runs: on inputs this small its thread
-    pool costs far more than it saves (and competes with XLA's threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
