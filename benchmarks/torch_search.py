@@ -31,6 +31,7 @@ both compute the same counterfactual up to float rounding (``tests/test_torch_re
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -56,6 +57,8 @@ class TorchGenerator:
     ``z_scaled = (z_raw - shift) * scale`` with ``shift = latents_mean`` (else ``shift_factor``,
     else 0) and ``scale = scaling_factor / latents_std`` (else ``scaling_factor``), as
     diffusers pipelines scale latents; images are in [0, 1] (the VAE sees ``2 x - 1``).
+    A VAE whose parameters are bfloat16 (:meth:`in_bfloat16`) decodes in bfloat16: latents
+    are cast to it on the way in and images back to float32 on the way out.
     """
 
     vae: torch.nn.Module
@@ -80,12 +83,21 @@ class TorchGenerator:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled posterior mean of images in [0, 1]."""
-        raw = self.vae.encode(images * 2.0 - 1.0).latent_dist.mode()
-        return (raw - self.shift) * self.scale
+        vae_dtype = next(self.vae.parameters()).dtype
+        raw = self.vae.encode((images * 2.0 - 1.0).to(vae_dtype)).latent_dist.mode()
+        return (raw.to(images.dtype) - self.shift) * self.scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] (unclipped) of scaled latents."""
-        return (self.vae.decode(z / self.scale + self.shift).sample + 1.0) * 0.5
+        raw = z / self.scale + self.shift
+        vae_dtype = next(self.vae.parameters()).dtype
+        sample = self.vae.decode(raw.to(vae_dtype)).sample.to(raw.dtype)
+        return (sample + 1.0) * 0.5
+
+    def in_bfloat16(self) -> "TorchGenerator":
+        """A copy whose VAE computes in bfloat16 (the shift and scale stay float32)."""
+        vae = copy.deepcopy(self.vae).to(torch.bfloat16)
+        return dataclasses.replace(self, vae=vae)
 
 
 @dataclasses.dataclass

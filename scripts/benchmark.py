@@ -31,8 +31,11 @@ How it is measured (the same way on both sides):
 - FLOPs per step: XLA's cost analysis of one compiled search step (the smoothed gradient: a
   decoder forward and VJP per decoder pass, N classifier forward/backward passes); achieved
   FLOP/s = FLOPs per step / step time, for both implementations (same algorithm, same FLOPs),
-  against a measured peak (a large float32 matmul in XLA and in PyTorch; bfloat16 in XLA on GPU
-  or with --bf16).
+  against a measured peak (a large float32 matmul in XLA and in PyTorch; on GPU or with --bf16
+  also a bfloat16 one in each, XLA's accumulating in float32);
+- with ``--bf16``, both implementations run again with the autoencoder in bfloat16 (sce_jax:
+  ``generator.dtype``, on CPU through ``sce_jax.models.bf16_conv``; PyTorch: the VAE cast to
+  bfloat16, latents in and images out in float32), the classifier staying float32.
 
 Each implementation of each setting runs in its own process (``--isolate``), so that memory
 peaks and caches do not carry over from one to the other. Other processes on the machine
@@ -74,7 +77,8 @@ flags.DEFINE_bool("quick", False, "Run the quick preset (demo or demo_random, sd
 flags.DEFINE_integer("steps", 3, "Steps per timed search call (>= 2); throughput is "
                      "extrapolated from the step time to the setting's budget.")
 flags.DEFINE_integer("repeats", 2, "Timed calls after the first; medians are reported.")
-flags.DEFINE_bool("bf16", False, "Also time sce_jax with the autoencoder computing in bfloat16.")
+flags.DEFINE_bool("bf16", False, "Also time both implementations with the autoencoder "
+                  "computing in bfloat16 (the classifier stays float32).")
 flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: every core this process may use).")
 flags.DEFINE_bool("torch_channels_last", False, "Run PyTorch in the channels_last memory format "
                   "instead of its default contiguous NCHW (on a 2-core CPU: faster for the SD "
@@ -87,7 +91,7 @@ flags.DEFINE_bool("breakdown", False, "Also time a step's parts (decoder forward
 flags.DEFINE_bool("list", False, "Print the settings table and exit.")
 flags.DEFINE_string("worker_out", "", "Internal: measure --worker_impl of the one setting in "
                     "this process and write the record as JSON to this path.")
-flags.DEFINE_string("worker_impl", "", "Internal: sce_jax, torch or sce_jax_bf16.")
+flags.DEFINE_string("worker_impl", "", "Internal: sce_jax, torch, sce_jax_bf16 or torch_bf16.")
 FLAGS = flags.FLAGS
 
 MB = 2.0 ** -20
@@ -144,10 +148,12 @@ def torch_format():
 
 
 def matmul_peak(dtype, n: int, repeats: int = 5) -> float:
-    """FLOP/s of an ``n x n`` jitted matmul: ``2 n^3 / median time``."""
+    """FLOP/s of an ``n x n`` jitted matmul: ``2 n^3 / median time``. bfloat16 operands
+    accumulate in float32 (``preferred_element_type``), as the bfloat16 convolutions do: a
+    plain bfloat16 matmul is upcast to float32 by XLA:CPU."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
+    f = jax.jit(lambda x, y: jax.lax.dot(x, y, preferred_element_type=jnp.float32))
     jax.block_until_ready(f(a, b))
     times = []
     for _ in range(repeats):
@@ -157,14 +163,20 @@ def matmul_peak(dtype, n: int, repeats: int = 5) -> float:
     return 2.0 * n ** 3 / statistics.median(times)
 
 
-def torch_matmul_peak(n: int, repeats: int = 5) -> float:
-    """FLOP/s of an ``n x n`` float32 ``torch.mm`` on PyTorch's device (its BLAS / cuBLAS)."""
+def _torch_bfloat16():
+    import torch
+    return torch.bfloat16
+
+
+def torch_matmul_peak(n: int, repeats: int = 5, dtype=None) -> float:
+    """FLOP/s of an ``n x n`` ``torch.mm`` (float32 unless ``dtype``) on PyTorch's device (its
+    BLAS / oneDNN / cuBLAS)."""
     import torch
 
     torch.set_num_threads(torch_threads())
     device = _torch_device()
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.mm(a, b)
     sync()
@@ -453,8 +465,9 @@ def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=No
                       xla_argument_bytes=getattr(memory, "argument_size_in_bytes", None))
 
 
-def measure_torch(pair: ModelPair, setting, steps: int, repeats: int) -> dict:
-    """Times the PyTorch search: whole calls, and each step inside its Python loop."""
+def measure_torch(pair: ModelPair, setting, steps: int, repeats: int, generator=None) -> dict:
+    """Times the PyTorch search: whole calls, and each step inside its Python loop (with
+    ``pair.torch_generator`` unless ``generator``)."""
     from benchmarks.torch_search import explain_batch_torch
     from sce_jax.search.config import settings_from_config
 
@@ -464,7 +477,7 @@ def measure_torch(pair: ModelPair, setting, steps: int, repeats: int) -> dict:
 
     def call(record: bool) -> float:
         start = time.perf_counter()
-        explain_batch_torch(pair.torch_generator, pair.torch_classifier, pair.images, pair.targets,
+        explain_batch_torch(generator or pair.torch_generator, pair.torch_classifier, pair.images, pair.targets,
                             settings, kind=pair.kind, device=device, memory_format=torch_format(),
                             step_times=step_times if record else None)
         return time.perf_counter() - start
@@ -632,7 +645,7 @@ def breakdown_torch(pair: ModelPair, setting, repeats: int) -> dict:
             "decoder_images": dec_batch, "classifier_images": clf_batch}
 
 
-IMPLEMENTATIONS = ("sce_jax", "torch", "sce_jax_bf16")
+IMPLEMENTATIONS = ("sce_jax", "torch", "sce_jax_bf16", "torch_bf16")
 
 
 def measure_setting(setting, impls: tuple[str, ...], steps: int, repeats: int,
@@ -672,6 +685,9 @@ def measure_setting(setting, impls: tuple[str, ...], steps: int, repeats: int,
             port = _port_autoencoder(pair.autoencoder_state, pair.autoencoder_config, jnp.bfloat16)
             record[impl] = measure_jax(pair, setting, steps, repeats,
                                        generator=Generator.from_autoencoder(port))
+        elif impl == "torch_bf16":
+            record[impl] = measure_torch(pair, setting, steps, repeats,
+                                         generator=pair.torch_generator.in_bfloat16())
         else:
             raise ValueError(f"unknown implementation {impl!r}; one of {IMPLEMENTATIONS}")
     return record
@@ -686,6 +702,11 @@ def finish_record(record: dict) -> dict:
     if "sce_jax" in record and "torch" in record:
         jax_rate, torch_rate = record["sce_jax"]["cf_per_s"], record["torch"]["cf_per_s"]
         record["speedup"] = jax_rate / torch_rate if jax_rate and torch_rate else None
+    for jax_impl, torch_impl, key in (("sce_jax_bf16", "torch", "speedup_bf16_vs_torch"),
+                                      ("sce_jax_bf16", "torch_bf16", "speedup_bf16_vs_torch_bf16")):
+        if jax_impl in record and torch_impl in record:
+            a, b = record[jax_impl]["cf_per_s"], record[torch_impl]["cf_per_s"]
+            record[key] = a / b if a and b else None
     return record
 
 
@@ -725,9 +746,12 @@ def markdown(report: dict) -> str:
             "sce_jax compile s", "peak MB (sce_jax / PyTorch)", "XLA temp MB", "GFLOP/step",
             "GFLOP/s (sce_jax / PyTorch)", "% of f32 peak (sce_jax / PyTorch)"]
     if bf16:
-        head += ["sce_jax bf16-VAE cf/s", "bf16 step ms"]
+        head += ["bf16-VAE cf/s (sce_jax / PyTorch)", "bf16-VAE step ms (sce_jax / PyTorch)",
+                 "sce_jax bf16 / PyTorch f32", "sce_jax bf16 / PyTorch bf16",
+                 "% of bf16 peak (sce_jax bf16)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     peak_f32 = max((v for k, v in peak.items() if k.startswith("float32")), default=None)
+    peak_bf16 = max((v for k, v in peak.items() if k.startswith("bfloat16")), default=None)
     for r in report["results"]:
         s = r["setting"]
         smoothing = f"{s['space']} N={s['num_samples']}" + (f" (chunk {s['chunk_size']})"
@@ -753,8 +777,13 @@ def markdown(report: dict) -> str:
                f"{_fmt(achieved[0], '.1f', 1e-9)} / {_fmt(achieved[1], '.1f', 1e-9)}",
                f"{_fmt(fraction[0], '.0f', 100.0)}% / {_fmt(fraction[1], '.0f', 100.0)}%"]
         if bf16:
-            b = r.get("sce_jax_bf16") or {}
-            row += [_fmt(b.get("cf_per_s"), ".3g"), _fmt(b.get("step_s"), ".0f", 1e3)]
+            b, tb = r.get("sce_jax_bf16") or {}, r.get("torch_bf16") or {}
+            row += [f"{_fmt(b.get('cf_per_s'), '.3g')} / {_fmt(tb.get('cf_per_s'), '.3g')}",
+                    f"{_fmt(b.get('step_s'), '.0f', 1e3)} / {_fmt(tb.get('step_s'), '.0f', 1e3)}",
+                    _fmt(r.get("speedup_bf16_vs_torch"), ".2f") + "x",
+                    _fmt(r.get("speedup_bf16_vs_torch_bf16"), ".2f") + "x",
+                    _fmt(b["achieved_flops_per_s"] / peak_bf16 if b.get("achieved_flops_per_s")
+                         and peak_bf16 else None, ".0f", 100.0) + "%"]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines += breakdown_markdown(report["results"])
@@ -823,7 +852,7 @@ def _run_worker(name: str, impl: str) -> dict:
 
 def run_setting(setting) -> dict:
     """All implementations of one setting, each in its own process unless --isolate=false."""
-    impls = ("sce_jax", "torch") + (("sce_jax_bf16",) if FLAGS.bf16 else ())
+    impls = ("sce_jax", "torch") + (("sce_jax_bf16", "torch_bf16") if FLAGS.bf16 else ())
     if not FLAGS.isolate:
         return finish_record(measure_setting(setting, impls, FLAGS.steps, FLAGS.repeats,
                                              FLAGS.breakdown))
@@ -873,7 +902,8 @@ def main(argv):
     peak = {"float32": matmul_peak(jnp.float32, size),
             "float32 (PyTorch)": torch_matmul_peak(size)}
     if jax.default_backend() != "cpu" or FLAGS.bf16:
-        peak["bfloat16"] = matmul_peak(jnp.bfloat16, size)
+        peak["bfloat16 (float32 accumulation)"] = matmul_peak(jnp.bfloat16, size)
+        peak["bfloat16 (PyTorch)"] = torch_matmul_peak(size, dtype=_torch_bfloat16())
     report = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": info,
               "peak_flops_per_s": peak, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
               "load_before": load_average(), "results": []}

@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from sce_jax.models import bf16_conv
+
 Array = jax.Array
 
 
@@ -64,9 +66,9 @@ def _swapped(dimension_numbers, lhs_ndim: int, rhs_shape) -> jax.lax.ConvDimensi
 NHWC = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
 
-def _patch_matmul_pads(lhs, rhs, window_strides, padding, kwargs):
-    """The explicit padding when the matrix-product path applies (see the module docstring),
-    else None."""
+def _nhwc_pads(lhs, rhs, window_strides, padding, kwargs):
+    """The explicit non-negative padding of a NHWC/HWIO convolution without dilation or
+    feature groups (the forms the matrix-product paths handle), else None."""
     if lhs.ndim != 4 or rhs.ndim != 4:
         return None
     dn = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs.get("dimension_numbers"))
@@ -86,11 +88,15 @@ def _patch_matmul_pads(lhs, rhs, window_strides, padding, kwargs):
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     if any(lo < 0 or hi < 0 for lo, hi in pads):
         return None
-    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in
-           zip(lhs.shape[1:3], pads, (kh, kw), strides)]
-    if min(out) < 1 or kh * kw <= 1 or kh * kw <= out[0] * out[1]:
-        return None
     return pads
+
+
+def _patch_matmul_applies(lhs, rhs, window_strides, pads) -> bool:
+    """Whether the kernel covers more positions than the output map (module docstring)."""
+    kh, kw = rhs.shape[:2]
+    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in
+           zip(lhs.shape[1:3], pads, (kh, kw), tuple(window_strides))]
+    return min(out) >= 1 and kh * kw > 1 and kh * kw > out[0] * out[1]
 
 
 def _patch_matmul(x, k, strides, pads, precision=None, preferred_element_type=None):
@@ -111,10 +117,20 @@ def _patch_matmul(x, k, strides, pads, precision=None, preferred_element_type=No
 
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, **kwargs) -> Array:
     """``jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)``, with
-    the input gradient expressed as a canonical convolution, and small maps as a matrix
-    product over patches (see the module docstring)."""
-    pads = _patch_matmul_pads(lhs, rhs, window_strides, padding, kwargs)
-    if pads is not None:
+    the input gradient expressed as a canonical convolution, small maps as a matrix product
+    over patches, and bfloat16 on CPU as tap products (see the module docstring)."""
+    pads = _nhwc_pads(lhs, rhs, window_strides, padding, kwargs)
+    if pads is not None and kwargs.get("preferred_element_type") in (None, lhs.dtype) \
+            and bf16_conv.applies(lhs, rhs, tuple(window_strides), pads):
+        return bf16_conv.conv(lhs, rhs, window_strides, pads, fallback=lambda x, k: _lax_path(
+            x, k, window_strides, padding, pads, **kwargs))
+    return _lax_path(lhs, rhs, window_strides, padding, pads, **kwargs)
+
+
+def _lax_path(lhs, rhs, window_strides, padding, pads, **kwargs):
+    """The float32-kernel path: patch matrix product on small maps, else the custom-JVP
+    convolution."""
+    if pads is not None and _patch_matmul_applies(lhs, rhs, window_strides, pads):
         return _patch_matmul(lhs, rhs, tuple(window_strides), pads,
                              precision=kwargs.get("precision"),
                              preferred_element_type=kwargs.get("preferred_element_type"))
