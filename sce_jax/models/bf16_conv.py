@@ -64,15 +64,25 @@ def _pad(x: Array, pads) -> Array:
     return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
 
 
+def _kernel_taps(k: Array) -> list[list[Array]]:
+    """``k[i, j]`` for every tap, behind an ``optimization_barrier``: the chain from the
+    float32 parameter (its cast to bfloat16, the slices) is loop-invariant in a search, and
+    XLA hoists it out of the loop only with the barrier (it does not hoist lone cheap ops)."""
+    kh, kw = k.shape[:2]
+    flat = jax.lax.optimization_barrier(tuple(k[i, j] for i in range(kh) for j in range(kw)))
+    return [list(flat[i * kw:(i + 1) * kw]) for i in range(kh)]
+
+
 def _forward(x: Array, k: Array, strides, pads) -> Array:
     """The tap sum in float32, from bfloat16 operands."""
     kh, kw = k.shape[:2]
+    taps = _kernel_taps(k)
     xpad = _pad(x, pads)
     out_hw = tuple(_output_size(x.shape[1 + a], pads[a], k.shape[a], strides[a]) for a in (0, 1))
     y = None
     for i in range(kh):
         for j in range(kw):
-            term = jax.lax.dot_general(_tap(xpad, i, j, out_hw, strides), k[i, j],
+            term = jax.lax.dot_general(_tap(xpad, i, j, out_hw, strides), taps[i][j],
                                        _CONTRACT_CHANNELS, preferred_element_type=jnp.float32)
             y = term if y is None else y + term
     return y
@@ -91,6 +101,7 @@ def _tap_conv_bwd(strides, pads, residuals, g):
     x, k = residuals
     kh, kw = k.shape[:2]
     g = g.astype(jnp.bfloat16)
+    taps = _kernel_taps(k)
     xpad = _pad(x, pads)
     ho, wo = g.shape[1:3]
     sh, sw = strides
@@ -100,7 +111,7 @@ def _tap_conv_bwd(strides, pads, residuals, g):
         row = []
         for j in range(kw):
             # contribution of tap (i, j) to the input: g k[i, j]^T, placed at s p + i, s q + j
-            part = jax.lax.dot_general(g, k[i, j], (((3,), (1,)), ((), ())),
+            part = jax.lax.dot_general(g, taps[i][j], (((3,), (1,)), ((), ())),
                                        preferred_element_type=jnp.float32)
             placed = jax.lax.pad(part, jnp.zeros((), part.dtype),
                                  ((0, 0, 0),
