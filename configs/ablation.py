@@ -19,8 +19,9 @@ The argument names the variant; each changes exactly one key of the demo's confi
 samples): a quick check that the variant runs, not a measurement.
 """
 
-import importlib.util
 import os
+
+from sce_jax.config_files import load_config_module
 
 # variant -> the dotted config key it changes from "full" (None: nothing)
 CHANGED_KEYS = {
@@ -37,11 +38,8 @@ OPTIONS = ("tiny",)
 
 def _base_module():
     """configs/fashion_mnist.py, loaded by path (config files are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist.py")
-    spec = importlib.util.spec_from_file_location("sce_jax_configs_fashion_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_config_module(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist.py"))
 
 
 def full(c):

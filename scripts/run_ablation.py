@@ -14,7 +14,6 @@ Exit codes: 0 done; 2 a problem with a config, the inputs or a workdir (``error:
 1 an unexpected error (a bug).
 """
 
-import importlib.util
 import os
 import sys
 
@@ -24,20 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 from sce_jax import evaluation, image_io, log_filter, run  # noqa: E402
+from sce_jax.config_files import load_config_module  # noqa: E402
 
 EXIT_USER_ERROR = 2
 TABLE = "ablation"
 
 
-def _ablation_configs():
-    path = os.path.join(ROOT, "configs", "ablation.py")
-    spec = importlib.util.spec_from_file_location("sce_jax_configs_ablation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ABLATION = _ablation_configs()
+ABLATION = load_config_module(os.path.join(ROOT, "configs", "ablation.py"))
 
 flags.DEFINE_list("variants", list(ABLATION.VARIANTS), "Variants of configs/ablation.py to run.")
 flags.DEFINE_bool("tiny", False, "Use each variant's ',tiny' shrink (a check, not a measurement).")

@@ -21,6 +21,8 @@ CASES = {
     "3x3_same": dict(x=(2, 9, 7, 3), k=(3, 3, 3, 5), strides=(1, 1), padding=((1, 1), (1, 1))),
     "3x3_stride2": dict(x=(2, 9, 8, 4), k=(3, 3, 4, 6), strides=(2, 2), padding=((0, 1), (0, 1))),
     "1x1": dict(x=(3, 5, 5, 6), k=(1, 1, 6, 2), strides=(1, 1), padding=((0, 0), (0, 0))),
+    "1x1_stride2": dict(x=(2, 7, 6, 6), k=(1, 1, 6, 3), strides=(2, 2), padding="VALID"),
+    "1x1_padded": dict(x=(2, 4, 4, 3), k=(1, 1, 3, 2), strides=(1, 1), padding=((1, 1), (0, 1))),
     "7x7_stride2_pad3": dict(x=(1, 16, 16, 3), k=(7, 7, 3, 4), strides=(2, 2), padding=((3, 3), (3, 3))),
     "grouped": dict(x=(2, 6, 6, 8), k=(3, 3, 4, 6), strides=(1, 1), padding="SAME", groups=2),
     "dilated": dict(x=(1, 10, 10, 2), k=(3, 3, 2, 3), strides=(1, 1), padding="VALID", rhs_dilation=(2, 2)),

@@ -10,7 +10,6 @@ tiny models (the run tests' shared reference run) for agreement with the run's o
 
 import csv
 import html.parser
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from PIL import Image
 
 from sce_jax import data, evaluation, image_io
 from sce_jax.assets import asset_path
+from sce_jax.config_files import load_config_module
 from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
 from sce_jax.run_config import base_run_config
 from sce_jax.search.config import settings_from_config
@@ -358,11 +358,7 @@ def test_a_real_run_evaluates_in_agreement_with_its_manifest(shared, tmp_path):
 # ----------------------------------------------------------------------------- ablation configs
 
 def _ablation():
-    path = os.path.join(ROOT, "configs", "ablation.py")
-    spec = importlib.util.spec_from_file_location("ablation_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_config_module(os.path.join(ROOT, "configs", "ablation.py"))
 
 
 def _flat(config, prefix=""):
@@ -401,10 +397,7 @@ def test_each_ablation_differs_from_full_in_exactly_its_key(suffix):
 
 def test_full_is_the_demo_config_and_tiny_shrinks_it():
     ablation = _ablation()
-    spec = importlib.util.spec_from_file_location(
-        "fm_under_test", os.path.join(ROOT, "configs", "fashion_mnist.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_config_module(os.path.join(ROOT, "configs", "fashion_mnist.py"))
     assert _flat(ablation.get_config("full")) == _flat(demo.get_config())
     assert ablation.get_config(None).to_dict() == ablation.get_config("full").to_dict()
     tiny = ablation.get_config("no_mask,tiny")
@@ -417,3 +410,8 @@ def test_unknown_ablations_say_why():
         ablation.get_config("no_masks")
     with pytest.raises(ValueError, match=r"unknown ablation option\(s\) \['huge'\]"):
         ablation.get_config("no_mask,huge")
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        load_config_module(tmp_path / "nope.py")

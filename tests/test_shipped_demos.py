@@ -78,15 +78,11 @@ def test_shipped_classifiers_match_their_recorded_accuracy(demo):
 
 
 def test_fashion_mnist_demo_config_runs_on_the_shipped_files(tmp_path):
-    import importlib.util
-
     from sce_jax import run
+    from sce_jax.config_files import load_config_module
 
-    spec = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "configs", "fashion_mnist.py")
-    module_spec = importlib.util.spec_from_file_location("fashion_mnist_config", spec)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_config_module(os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "fashion_mnist.py"))
     config = module.get_config("tiny")
     config.output.report = False
     summary = run.explain_dataset(config, str(tmp_path / "run"))
