@@ -15,6 +15,7 @@ from sce_jax.models.model_config import ConfigError
 from sce_jax.weights.checkpoint import load_model, save_model
 from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
 from sce_jax.weights.strict import load_torch_state_dict_into
+from tests.fast_compile import run_jitted
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -23,19 +24,6 @@ pytestmark = pytest.mark.torch
 
 TOL = 1e-4
 
-# Test-only: these tiny graphs spend most of their compile time in LLVM's optimiser, which does
-# not change what is computed (XLA:CPU does not use fast-math either way).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def run_jitted(fn, *args):
-    """``jax.jit(fn)(*args)`` as numpy, compiled with FAST_COMPILE where XLA knows the options."""
-    lowered = jax.jit(fn).lower(*args)
-    try:
-        compiled = lowered.compile(compiler_options=FAST_COMPILE)
-    except Exception:  # an XLA release without these options: compile normally
-        compiled = lowered.compile()
-    return jax.tree.map(np.asarray, compiled(*args))
 
 
 CASES = {

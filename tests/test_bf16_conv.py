@@ -106,3 +106,12 @@ def test_inside_a_loop_and_under_vmap():
                                np.asarray(descend(ref)(x), np.float32), rtol=2e-2, atol=2e-2)
     batched = jax.jit(jax.vmap(lambda a: ours(a[None], k)[0]))(x)
     _assert_within_one_rounding(batched, ref(x, k))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the tap path is CPU-only")
+def test_forward_mode_is_refused_with_jax_own_error():
+    """The documented limit (WORKSPACE.md, Known limits): reverse mode only."""
+    case = CASES["3x3_same"]
+    x, k = _operands(case)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda a: _ours(case)(a, k), (x,), (x,))

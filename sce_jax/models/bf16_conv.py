@@ -100,7 +100,7 @@ def _tap_conv_fwd(x, k, strides, pads):
 def _tap_conv_bwd(strides, pads, residuals, g):
     x, k = residuals
     kh, kw = k.shape[:2]
-    g = g.astype(jnp.bfloat16)
+    g = g.astype(x.dtype)
     taps = _kernel_taps(k)
     xpad = _pad(x, pads)
     ho, wo = g.shape[1:3]
