@@ -115,3 +115,15 @@ def test_forward_mode_is_refused_with_jax_own_error():
     x, k = _operands(case)
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda a: _ours(case)(a, k), (x,), (x,))
+
+
+@pytest.mark.parametrize("platform,taps", [("cpu", True), ("cuda", False), ("tpu", False)])
+def test_only_cpu_programs_take_the_tap_path(platform, taps):
+    """Lowered for a GPU or TPU, the same call is the platform's native bfloat16 convolution."""
+    from jax import export
+
+    case = CASES["3x3_same"]
+    x, k = _operands(case)
+    module = export.export(jax.jit(_ours(case)), platforms=[platform])(x, k).mlir_module()
+    assert ("stablehlo.convolution" in module) is not taps
+    assert ("stablehlo.dot_general" in module) is taps
