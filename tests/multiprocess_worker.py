@@ -20,7 +20,7 @@ the library has no test code:
     full disk.
 
 The helpers below (tiny models, config files, reading a run's outputs) are shared by those
-tests; importing this module installs nothing.
+tests and by test_run.py; importing this module installs nothing.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ def write_image_folder(folder: str, count: int, *, corrupt: tuple[int, ...] = ()
     return folder
 
 
-def write_config_file(path: str, checkpoints: tuple[str, str], source: str, **overrides: Any) -> str:
-    """A config file for explain.py: the tiny run (16x16 grey, 3 steps, 2 attempts) + overrides.
+def tiny_run_settings(checkpoints: tuple[str, str], source: str, **overrides: Any) -> dict:
+    """The tiny run (16x16 grey, 3 steps, 2 attempts, no report) as dotted run-config keys.
 
     ``overrides`` map dotted names with ``__`` for dots (``search__steps=4``) to values.
     """
@@ -89,6 +89,26 @@ def write_config_file(path: str, checkpoints: tuple[str, str], source: str, **ov
         "search.mask.period": 1, "output.report": False,
     }
     settings.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return settings
+
+
+def tiny_config(checkpoints: tuple[str, str], source: str, **overrides: Any):
+    """The tiny run as a run config (see :func:`tiny_run_settings`)."""
+    from sce_jax.run_config import base_run_config
+
+    config = base_run_config()
+    for key, value in tiny_run_settings(checkpoints, source, **overrides).items():
+        *path, leaf = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
+def write_config_file(path: str, checkpoints: tuple[str, str], source: str, **overrides: Any) -> str:
+    """A config file for explain.py: the tiny run (:func:`tiny_run_settings`) + overrides."""
+    settings = tiny_run_settings(checkpoints, source, **overrides)
     lines = ["from sce_jax.run_config import base_run_config", "", "", "def get_config():",
              "    c = base_run_config()"]
     lines += [f"    c.{k} = {v!r}" for k, v in settings.items()]

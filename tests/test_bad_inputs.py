@@ -27,7 +27,6 @@ import pytest
 from PIL import Image
 
 from sce_jax import image_io, run
-from sce_jax.run_config import base_run_config
 from tests import multiprocess_worker as worker
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -90,20 +89,7 @@ def _odd_folder(folder):
 
 
 def tiny_config(checkpoints, source):
-    c = base_run_config()
-    c.data.source = source
-    c.data.image_size = (16, 16)
-    c.data.channels = 1
-    c.generator.checkpoint, c.classifier.checkpoint = checkpoints
-    c.targets.kind = "other"
-    c.batch_size = 2
-    c.search.steps = 2
-    c.search.attempts = 2
-    c.search.smoothing.num_samples = 2
-    c.search.mask.warmup_steps = 1
-    c.search.mask.period = 1
-    c.output.report = False
-    return c
+    return worker.tiny_config(checkpoints, source, search__steps=2)
 
 
 @pytest.fixture(scope="module")

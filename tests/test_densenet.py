@@ -17,7 +17,8 @@ from sce_jax.models.densenet import (DenseNet, DenseNetConfig, densenet121, dens
 from sce_jax.models.model_config import ConfigError
 from sce_jax.weights.strict import load_torch_state_dict_into
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
-from tests.torch_interop import nchw, nhwc, single_torch_thread  # noqa: F401
+from tests.torch_interop import (nchw, nhwc, randomise_batch_norms,  # noqa: F401
+                                 single_torch_thread)
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -34,25 +35,6 @@ SMALL_IMAGES = RNG.normal(size=(2, 36, 36, 3)).astype(np.float32)
 
 def numpy_state_dict(module):
     return {k: v.detach().numpy() for k, v in module.state_dict().items()}
-
-
-def randomise_batch_norms(model, calibration, seed):
-    """Random BN scales and shifts; running statistics from a calibration batch (momentum 1),
-    then moved off it (mean +- 0.2 std, variance x 0.6..1.6)."""
-    gen = torch.Generator().manual_seed(seed)
-    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for bn in batch_norms:
-            bn.weight.uniform_(0.5, 1.5, generator=gen)
-            bn.bias.uniform_(-0.3, 0.3, generator=gen)
-            bn.momentum = 1.0
-        model.train()
-        model(nchw(calibration))
-        for bn in batch_norms:
-            std = bn.running_var.sqrt()
-            bn.running_mean.add_(0.2 * std * torch.randn(std.shape, generator=gen))
-            bn.running_var.mul_(torch.empty_like(std).uniform_(0.6, 1.6, generator=gen)).add_(1e-3)
-    return model.eval()
 
 
 def assert_close(actual, expected, rel=1e-4, floor=1.0):

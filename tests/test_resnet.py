@@ -12,7 +12,8 @@ from sce_jax.models.resnet import (Bottleneck, ResNet, ResNetConfig, resnet50, r
 from sce_jax.weights.strict import load_torch_state_dict_into
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict, tensor_rules
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
-from tests.torch_interop import nchw, nhwc, single_torch_thread  # noqa: F401
+from tests.torch_interop import (nchw, nhwc, randomise_batch_norms,  # noqa: F401
+                                 single_torch_thread)
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -24,25 +25,6 @@ RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(size=(2, 32, 32, 3)).astype(np.float32)
 CALIBRATION = RNG.normal(size=(8, 32, 32, 3)).astype(np.float32)
 
-
-def randomise_batch_norms(model, seed):
-    """Random BN scales and shifts; running statistics taken from a calibration batch (one
-    training-mode pass with momentum 1), then moved off it (mean +- 0.2 std, variance x 0.6..1.6),
-    so that neither the defaults (0, 1) nor exact batch statistics are what is tested."""
-    gen = torch.Generator().manual_seed(seed)
-    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for bn in batch_norms:
-            bn.weight.uniform_(0.5, 1.5, generator=gen)
-            bn.bias.uniform_(-0.3, 0.3, generator=gen)
-            bn.momentum = 1.0
-        model.train()
-        model(nchw(CALIBRATION))
-        for bn in batch_norms:
-            std = bn.running_var.sqrt()
-            bn.running_mean.add_(0.2 * std * torch.randn(std.shape, generator=gen))
-            bn.running_var.mul_(torch.empty_like(std).uniform_(0.6, 1.6, generator=gen)).add_(1e-3)
-    return model.eval()
 
 
 def numpy_state_dict(module):
@@ -99,7 +81,8 @@ def torchvision_and_port_outputs(arch, with_grad):
     """torchvision's and the port's logits and pooled features (and the input gradient of one
     logit when ``with_grad``)."""
     torch.manual_seed(0)
-    reference = randomise_batch_norms(getattr(torchvision.models, arch)(num_classes=NUM_CLASSES), 1)
+    reference = randomise_batch_norms(getattr(torchvision.models, arch)(num_classes=NUM_CLASSES),
+                                      CALIBRATION, 1)
     pooled = {}
     reference.avgpool.register_forward_hook(
         lambda module, inputs, output: pooled.update(features=output.flatten(1).detach().numpy()))

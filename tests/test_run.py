@@ -11,8 +11,9 @@ from PIL import Image
 from sce_jax import run
 from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
-from sce_jax.run_config import RunConfigError, base_run_config
+from sce_jax.run_config import RunConfigError
 from sce_jax.weights.checkpoint import save_model
+from tests import multiprocess_worker as worker
 
 TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds")
 
@@ -39,19 +40,7 @@ def image_folder(tmp_path_factory):
 
 
 def tiny_config(checkpoints, source):
-    c = base_run_config()
-    c.data.source = source
-    c.data.image_size = (16, 16)
-    c.data.channels = 1
-    c.generator.checkpoint, c.classifier.checkpoint = checkpoints
-    c.targets.kind = "other"
-    c.batch_size = 2
-    c.search.steps = 4
-    c.search.attempts = 2
-    c.search.smoothing.num_samples = 2
-    c.search.mask.warmup_steps = 1
-    c.search.mask.period = 1
-    return c
+    return worker.tiny_config(checkpoints, source, search__steps=4, output__report=True)
 
 
 def _manifest(workdir):

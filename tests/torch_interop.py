@@ -1,4 +1,5 @@
-"""Shared pieces of the parity tests against PyTorch: layout conversion and torch threads."""
+"""Shared pieces of the parity tests against PyTorch: layout conversion, torch threads and
+batch-norm statistics worth testing."""
 
 import numpy as np
 import pytest
@@ -21,3 +22,24 @@ def nchw(x):
 
 def nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def randomise_batch_norms(model, calibration, seed):
+    """Random BN scales and shifts; running statistics taken from a calibration batch (NHWC
+    numpy; one training-mode pass with momentum 1), then moved off it (mean +- 0.2 std, variance
+    x 0.6..1.6), so that neither the defaults (0, 1) nor exact batch statistics are what is
+    tested. Returns the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in batch_norms:
+            bn.weight.uniform_(0.5, 1.5, generator=gen)
+            bn.bias.uniform_(-0.3, 0.3, generator=gen)
+            bn.momentum = 1.0
+        model.train()
+        model(nchw(calibration))
+        for bn in batch_norms:
+            std = bn.running_var.sqrt()
+            bn.running_mean.add_(0.2 * std * torch.randn(std.shape, generator=gen))
+            bn.running_var.mul_(torch.empty_like(std).uniform_(0.6, 1.6, generator=gen)).add_(1e-3)
+    return model.eval()
