@@ -17,7 +17,8 @@ from sce_jax.models.densenet import (DenseNet, DenseNetConfig, densenet121, dens
 from sce_jax.models.model_config import ConfigError
 from sce_jax.weights.strict import load_torch_state_dict_into
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
-from tests.torch_interop import (nchw, nhwc, randomise_batch_norms,  # noqa: F401
+from tests.torch_interop import (assert_close, nchw, nhwc,  # noqa: F401
+                                 numpy_state_dict, randomise_batch_norms,
                                  single_torch_thread)
 
 torch = pytest.importorskip("torch")
@@ -32,18 +33,6 @@ CALIBRATION = RNG.normal(size=(8, 32, 32, 3)).astype(np.float32)
 SMALL = dict(growth_rate=8, block_config=(2, 3, 2), num_init_features=16, bn_size=2, num_classes=5)
 SMALL_IMAGES = RNG.normal(size=(2, 36, 36, 3)).astype(np.float32)
 
-
-def numpy_state_dict(module):
-    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
-
-
-def assert_close(actual, expected, rel=1e-4, floor=1.0):
-    """max |actual - expected| <= rel * max(floor, max |expected|)."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    bound = rel * max(floor, float(np.abs(expected).max()))
-    error = float(np.abs(actual - expected).max())
-    assert error <= bound, f"max abs error {error:.3g} > {bound:.3g}"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from sce_jax.models.resnet import (Bottleneck, ResNet, ResNetConfig, resnet50, r
 from sce_jax.weights.strict import load_torch_state_dict_into
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict, tensor_rules
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
-from tests.torch_interop import (nchw, nhwc, randomise_batch_norms,  # noqa: F401
+from tests.torch_interop import (assert_close, nchw, nhwc,  # noqa: F401
+                                 numpy_state_dict, randomise_batch_norms,
                                  single_torch_thread)
 
 torch = pytest.importorskip("torch")
@@ -25,19 +26,6 @@ RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(size=(2, 32, 32, 3)).astype(np.float32)
 CALIBRATION = RNG.normal(size=(8, 32, 32, 3)).astype(np.float32)
 
-
-
-def numpy_state_dict(module):
-    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
-
-
-def assert_close(actual, expected, rel=1e-4, floor=1.0):
-    """max |actual - expected| <= rel * max(floor, max |expected|)."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape
-    bound = rel * max(floor, float(np.abs(expected).max()))
-    error = float(np.abs(actual - expected).max())
-    assert error <= bound, f"max abs error {error:.3g} > {bound:.3g}"
 
 
 def jitted(model, method="__call__"):

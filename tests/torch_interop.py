@@ -16,6 +16,19 @@ def single_torch_thread():
     torch.set_num_threads(previous)
 
 
+def numpy_state_dict(module):
+    return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+def assert_close(actual, expected, rel=1e-4, floor=1.0):
+    """max |actual - expected| <= rel * max(floor, max |expected|)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape
+    bound = rel * max(floor, float(np.abs(expected).max()))
+    error = float(np.abs(actual - expected).max())
+    assert error <= bound, f"max abs error {error:.3g} > {bound:.3g}"
+
+
 def nchw(x):
     return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
 
