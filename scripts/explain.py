@@ -43,7 +43,7 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import distributed, run  # noqa: E402  (imports jax; starts no backend)
+from sce_jax import compilation_cache, distributed, run  # noqa: E402  (imports jax; starts no backend)
 
 EXIT_COMPLETE = 0
 EXIT_USER_ERROR = 2
@@ -79,6 +79,10 @@ flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many proces
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process, 0..num_processes-1.")
 flags.DEFINE_integer("cpu_devices_per_process", None,
                      "Split each process's CPU into this many JAX devices (CPU runs only).")
+flags.DEFINE_string("compilation_cache", None,
+                    "Folder for JAX's persistent compilation cache: a rerun, a resumed run and "
+                    "every process of a multi-process run then load the compiled search instead "
+                    "of compiling it again. Default: $JAX_COMPILATION_CACHE_DIR if set, else off.")
 
 
 def parse_flags(argv):
@@ -97,6 +101,11 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # library INFO chatter off; progress still shows
         logging.set_verbosity(logging.WARNING)
     FLAGS = flags.FLAGS
+    if FLAGS.compilation_cache:
+        try:
+            compilation_cache.enable(FLAGS.compilation_cache)
+        except compilation_cache.CompilationCacheError as e:
+            return _error(e)
     try:  # before anything runs a JAX operation
         distributed.initialize_from_flags_or_env(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

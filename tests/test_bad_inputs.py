@@ -267,8 +267,10 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
     config = worker.write_config_file(str(tmp_path / "config.py"), inputs["checkpoints"],
                                       inputs["folder"])
     workdir = str(tmp_path / "work")
+    (tmp_path / "a_file").write_text("not a folder")
     cases = [
         (["--config.search.stepz=3"], 'stepz\' Did you mean "steps" instead of "stepz"?'),
+        ([f"--compilation_cache={tmp_path / 'a_file' / 'cache'}"], "compilation cache"),
         (["--config.targets.kind=class", "--config.targets.class_index=7"], "out of range"),
         (["--process_id=1"], "--process_id/--coordinator_address without --num_processes"),
     ]
