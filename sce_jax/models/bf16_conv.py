@@ -36,6 +36,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from sce_jax.models.conv_taps import output_size, pad_spatial, tap
+
 Array = jax.Array
 
 #: Largest ``batch * out_height * out_width`` computed as tap products. Measured on a 2-core
@@ -45,23 +47,6 @@ Array = jax.Array
 MAX_OUTPUT_POSITIONS = 8192
 
 _CONTRACT_CHANNELS = (((3,), (0,)), ((), ()))
-
-
-def _output_size(size: int, pads: tuple[int, int], k: int, s: int) -> int:
-    return (size + pads[0] + pads[1] - k) // s + 1
-
-
-def _tap(xpad: Array, i: int, j: int, out_hw: tuple[int, int], strides) -> Array:
-    """``xpad[:, s_h p + i, s_w q + j, :]`` for every output position ``(p, q)``."""
-    (ho, wo), (sh, sw) = out_hw, strides
-    return jax.lax.slice(xpad, (0, i, j, 0),
-                         (xpad.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1,
-                          xpad.shape[3]),
-                         (1, sh, sw, 1))
-
-
-def _pad(x: Array, pads) -> Array:
-    return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
 
 
 def _kernel_taps(k: Array) -> list[list[Array]]:
@@ -77,12 +62,12 @@ def _forward(x: Array, k: Array, strides, pads) -> Array:
     """The tap sum in float32, from bfloat16 operands."""
     kh, kw = k.shape[:2]
     taps = _kernel_taps(k)
-    xpad = _pad(x, pads)
-    out_hw = tuple(_output_size(x.shape[1 + a], pads[a], k.shape[a], strides[a]) for a in (0, 1))
+    xpad = pad_spatial(x, pads)
+    out_hw = output_size(x.shape[1:3], k.shape[:2], strides, pads)
     y = None
     for i in range(kh):
         for j in range(kw):
-            term = jax.lax.dot_general(_tap(xpad, i, j, out_hw, strides), taps[i][j],
+            term = jax.lax.dot_general(tap(xpad, i, j, out_hw, strides), taps[i][j],
                                        _CONTRACT_CHANNELS, preferred_element_type=jnp.float32)
             y = term if y is None else y + term
     return y
@@ -102,7 +87,7 @@ def _tap_conv_bwd(strides, pads, residuals, g):
     kh, kw = k.shape[:2]
     g = g.astype(x.dtype)
     taps = _kernel_taps(k)
-    xpad = _pad(x, pads)
+    xpad = pad_spatial(x, pads)
     ho, wo = g.shape[1:3]
     sh, sw = strides
     dxpad = None
@@ -119,7 +104,7 @@ def _tap_conv_bwd(strides, pads, residuals, g):
                                   (j, xpad.shape[2] - j - (sw * (wo - 1) + 1), sw - 1),
                                   (0, 0, 0)))
             dxpad = placed if dxpad is None else dxpad + placed
-            row.append(jax.lax.dot_general(_tap(xpad, i, j, (ho, wo), strides), g,
+            row.append(jax.lax.dot_general(tap(xpad, i, j, (ho, wo), strides), g,
                                            (((0, 1, 2), (0, 1, 2)), ((), ())),
                                            preferred_element_type=jnp.float32))
         dk.append(jnp.stack(row))
@@ -135,7 +120,7 @@ def applies(lhs: Array, rhs: Array, strides, pads) -> bool:
     """Whether a NHWC/HWIO convolution without dilation or groups takes the tap path."""
     if lhs.dtype != jnp.bfloat16 or rhs.dtype != jnp.bfloat16:
         return False
-    out = [_output_size(lhs.shape[1 + a], pads[a], rhs.shape[a], strides[a]) for a in (0, 1)]
+    out = output_size(lhs.shape[1:3], rhs.shape[:2], strides, pads)
     return min(out) >= 1 and lhs.shape[0] * out[0] * out[1] <= MAX_OUTPUT_POSITIONS
 
 

@@ -56,6 +56,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from sce_jax.models import bf16_conv
+from sce_jax.models.conv_taps import output_size, pad_spatial, tap
 
 Array = jax.Array
 
@@ -104,8 +105,7 @@ def _nhwc_pads(lhs, rhs, window_strides, padding, kwargs):
 def _patch_matmul_applies(lhs, rhs, window_strides, pads) -> bool:
     """Whether the kernel covers more positions than the output map (module docstring)."""
     kh, kw = rhs.shape[:2]
-    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in
-           zip(lhs.shape[1:3], pads, (kh, kw), tuple(window_strides))]
+    out = output_size(lhs.shape[1:3], (kh, kw), tuple(window_strides), pads)
     return min(out) >= 1 and kh * kw > 1 and kh * kw > out[0] * out[1]
 
 
@@ -125,14 +125,9 @@ def _pointwise(x, k, strides, precision=None, preferred_element_type=None):
 def _patch_matmul(x, k, strides, pads, precision=None, preferred_element_type=None):
     """``y[b, p, q, o] = sum_{i, j, c} xpad[b, s p + i, s q + j, c] k[i, j, c, o]``."""
     kh, kw, cin, cout = k.shape
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    ho = (xp.shape[1] - kh) // strides[0] + 1
-    wo = (xp.shape[2] - kw) // strides[1] + 1
-    patches = [jax.lax.slice(xp, (0, i, j, 0),
-                             (xp.shape[0], i + strides[0] * (ho - 1) + 1,
-                              j + strides[1] * (wo - 1) + 1, cin),
-                             (1, strides[0], strides[1], 1))
-               for i in range(kh) for j in range(kw)]
+    xpad = pad_spatial(x, pads)
+    out_hw = output_size(x.shape[1:3], (kh, kw), strides, pads)
+    patches = [tap(xpad, i, j, out_hw, strides) for i in range(kh) for j in range(kw)]
     cols = jnp.concatenate(patches, axis=-1)                       # (B, Ho, Wo, kh kw C)
     return jax.lax.dot_general(cols, k.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())),
                                precision=precision, preferred_element_type=preferred_element_type)
