@@ -8,10 +8,12 @@ def model_classes() -> dict[str, type]:
     from sce_jax.models.autoencoder_tiny import AutoencoderTiny
     from sce_jax.models.densenet import DenseNet
     from sce_jax.models.inception import InceptionV3
+    from sce_jax.models.latent_flow import LatentFlowTransformer
     from sce_jax.models.resnet import ResNet
     from sce_jax.models.small_cnn import SmallCNN
 
-    classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN, InceptionV3)
+    classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN, InceptionV3,
+               LatentFlowTransformer)
     return {cls.__name__: cls for cls in classes}
 
 
