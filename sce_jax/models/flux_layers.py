@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sce_jax.models.vae_blocks import LayerFactory
+from sce_jax.models.vae_blocks import Dropout, LayerFactory
 
 Array = jax.Array
 
@@ -114,13 +114,6 @@ class RMSNorm(nnx.Module):
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return (y * self.weight[...].astype(jnp.float32)).astype(x.dtype)
-
-
-class Dropout(nnx.Module):
-    """A dropout slot of a PyTorch ``ModuleList``: the identity at inference, no parameters."""
-
-    def __call__(self, x: Array) -> Array:
-        return x
 
 
 class TimestepEmbedding(nnx.Module):
