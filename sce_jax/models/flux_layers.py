@@ -9,7 +9,12 @@ IP-adapter, no LoRA, no fused projections.
 
 Precision: linear layers compute in ``dtype`` (float32 or bfloat16) with parameters in
 ``param_dtype``; layer norms, RMS norms, the rotary embedding and the attention softmax
-compute in float32 and cast back, as diffusers does for its float16/bfloat16 runs.
+compute in float32 and cast back, as diffusers does for its float16/bfloat16 runs. bfloat16
+matrix products accumulate in float32 and round the result to bfloat16
+(:func:`bf16_dot_general`): XLA:CPU upcasts a plain bfloat16 product to float32 and runs it at
+float32 speed, while this form runs on the CPU's bfloat16 matrix units (a FLUX-width MLP
+product, 768 x 3072 x 12288, on the 2-core Xeon: 617 ms float32, 691 ms plain bfloat16,
+223 ms this way); GPUs accumulate bfloat16 products in float32 anyway.
 """
 
 from __future__ import annotations
@@ -28,6 +33,26 @@ Array = jax.Array
 TIME_PROJ_CHANNELS = 256   # CombinedTimestep*Embeddings: Timesteps(num_channels=256)
 ROPE_THETA = 10000         # FluxPosEmbed(theta=10000)
 NORM_EPS = 1e-6            # every LayerNorm and the attention's RMS norms in FLUX
+
+
+def bf16_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                     preferred_element_type=None, **kwargs) -> Array:
+    """``lax.dot_general``; with bfloat16 operands, accumulated in float32 and returned in
+    bfloat16 (``nnx.Linear``'s ``dot_general`` hook)."""
+    if lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16 and preferred_element_type is None:
+        out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                  preferred_element_type=jnp.float32, **kwargs)
+        return out.astype(jnp.bfloat16)
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type, **kwargs)
+
+
+class FluxLayerFactory(LayerFactory):
+    """:class:`LayerFactory` whose linear layers use :func:`bf16_dot_general`."""
+
+    def linear(self, in_features: int, out_features: int, *, use_bias: bool = True) -> nnx.Linear:
+        return nnx.Linear(in_features, out_features, use_bias=use_bias, dtype=self.dtype,
+                          param_dtype=self.param_dtype, rngs=self.rngs, dot_general=bf16_dot_general)
 
 
 def layer_norm(x: Array, eps: float = NORM_EPS) -> Array:
@@ -99,7 +124,8 @@ def attention(q: Array, k: Array, v: Array) -> Array:
     float32 (PyTorch's ``scaled_dot_product_attention`` without a mask)."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.astype(v.dtype)
 
 
 class RMSNorm(nnx.Module):

@@ -37,7 +37,8 @@ from flax import nnx
 
 from sce_jax.models.flux_layers import (AdaLayerNormContinuous, AdaLayerNormZero,
                                         CombinedTimestepTextProjEmbeddings, FeedForward,
-                                        FluxAttention, gelu_tanh, layer_norm, rope_tables)
+                                        FluxAttention, FluxLayerFactory, gelu_tanh, layer_norm,
+                                        rope_tables)
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.vae_blocks import LayerFactory
 
@@ -186,7 +187,7 @@ class FluxTransformer2DModel(nnx.Module):
                  dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
         self.config = config
         self.dtype = dtype
-        make = LayerFactory(rngs, dtype, param_dtype)
+        make = FluxLayerFactory(rngs, dtype, param_dtype)
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
         self.time_text_embed = CombinedTimestepTextProjEmbeddings(
             dim, config.pooled_projection_dim, guidance=config.guidance_embeds, make=make)
