@@ -22,7 +22,8 @@ Memory per image: XLA's temporary buffers of the compiled block (activations, ba
 weights are arguments, not temporaries). PyTorch's CPU allocator reports nothing comparable
 ("n/a").
 
-Run ``python -m benchmarks.prior_cost_flux`` (about 3 minutes, ~4 GiB at peak) or call
+Run ``python -m benchmarks.prior_cost_flux`` (5 min 18 s and 4.6 GB peak measured with the
+2-core machine's load at 8-10 from other jobs; each block runs 3 times per implementation) or call
 :func:`flux_cost_rows` / :func:`markdown`.
 """
 
@@ -92,13 +93,14 @@ def _jax_block(kind: str, config: FluxTransformer2DModelConfig, dtype: str, torc
     return load_torch_state_dict_into(block, state, what=f"FLUX {kind} block")
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
+def _median_ms(fn, repeats: int) -> tuple[float, Any]:
+    """Median milliseconds of ``repeats`` calls of ``fn``, and the last call's result."""
+    times, out = [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        out = fn()
         times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(times), out
 
 
 def time_block(kind: str, image_size: int, dtype: str, *, repeats: int = 2,
@@ -139,14 +141,13 @@ def time_block(kind: str, image_size: int, dtype: str, *, repeats: int = 2,
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     temp_mb = (memory.temp_size_in_bytes / 2 ** 20) if memory is not None else float("nan")
-    jax_ms = _median_ms(lambda: jax.block_until_ready(compiled(*args)), repeats)
+    jax_ms, (_, out_x) = _median_ms(lambda: jax.block_until_ready(compiled(*args)), repeats)
 
-    torch_call()
-    torch_ms = _median_ms(torch_call, repeats)
+    _, ref_x = torch_call()                 # warm-up; its output is the reference below
+    torch_ms, _ = _median_ms(torch_call, repeats)
 
-    # parity at FLUX width, as a check that the timed programs compute the same thing
-    out_c, out_x = (np.asarray(a, np.float32) for a in compiled(*args))
-    ref_c, ref_x = (t.float().numpy() for t in torch_call())
+    # parity at FLUX width: the timed programs compute the same thing
+    out_x, ref_x = np.asarray(out_x, np.float32), ref_x.float().numpy()
     rel = float(np.abs(out_x - ref_x).max() / max(1.0, np.abs(ref_x).max()))
     row = dict(block=kind, image=image_size, tokens=n_img + TEXT_TOKENS, dtype=dtype,
                sce_jax_ms=jax_ms, diffusers_ms=torch_ms, ratio=torch_ms / jax_ms,
