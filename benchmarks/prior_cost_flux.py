@@ -18,9 +18,10 @@ features and the pooled text vector, one 3072x3072 text projection and 3072 x 64
 time is the median of ``repeats`` calls after a first (compiling / warm-up) call. PyTorch
 runs with ``torch.set_num_threads(cores)`` under ``no_grad``.
 
-Memory per image: XLA's temporary buffers of the compiled block (activations, batch 1; the
-weights are arguments, not temporaries). PyTorch's CPU allocator reports nothing comparable
-("n/a").
+Memory: XLA's temporary buffers of the compiled block at batch 1 (the weights are arguments,
+not temporaries): the activations in float32; in bfloat16 mostly a float32 copy of the
+modulation weights that XLA:CPU makes for the batch-1 matrix-vector product on ``temb`` (a
+fixed cost, not per image). PyTorch's CPU allocator reports nothing comparable.
 
 Run ``python -m benchmarks.prior_cost_flux`` (5 min 18 s and 4.6 GB peak measured with the
 2-core machine's load at 8-10 from other jobs; each block runs 3 times per implementation) or call
@@ -217,7 +218,8 @@ def markdown(rows: list[dict[str, Any]], *, load_before=None, load_after=None) -
         "of the timed calls after a compiling/warm-up call. **The `full` rows are extrapolated** "
         "(19 x double + 38 x single; embedders and output layer left out, <1% of the FLOPs); "
         "the whole 11.9e9-parameter model was not built. `temp MB` is XLA's temporary memory "
-        "of the compiled block per image (activations; weights excluded); `rel diff` is "
+        "of the compiled block at batch 1 (weights excluded; in bfloat16 mostly a float32 copy "
+        "of the modulation weights, not per image); `rel diff` is "
         "max |sce_jax - diffusers| / max(1, max |diffusers|) of the block's image-stream output.",
         "",
         "| block | image | tokens | dtype | sce_jax ms | diffusers ms | diffusers / sce_jax | "

@@ -279,3 +279,32 @@ def test_save_pretrained_is_read_by_diffusers(models, tmp_path):
     expected = model.state_dict()
     for key, value in again.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), expected[key].numpy(), err_msg=key)
+
+
+def test_prior_latent_gradient_matches_torch(models):
+    """d sum(v . w) / d z_t through the Prior against torch autograd through the pipeline's
+    packing and diffusers' transformer (the search differentiates through the prior)."""
+    model, _, port = models
+    FluxPipeline = pipeline_functions()
+    dev = model.config.guidance_embeds
+    prior = flux_prior(port, guidance=2.0 if dev else None)
+    rng = np.random.default_rng(5)
+    b, h, w = 1, 4, 6
+    z = rng.normal(size=(b, h, w, LATENT_CHANNELS)).astype(np.float32)
+    weights = rng.normal(size=z.shape).astype(np.float32)
+    x = inputs(h // 2, w // 2, batch=b, seed=6)
+    context = {k: x[k] for k in ("encoder_hidden_states", "pooled_projections")}
+    t = np.array([0.6], np.float32)
+    grad = run_jitted(jax.grad(lambda z: jnp.sum(prior.velocity(z, t, context) * weights)), z)
+
+    latents = torch.from_numpy(z.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
+    out = model(hidden_states=FluxPipeline._pack_latents(latents, b, LATENT_CHANNELS, h, w),
+                encoder_hidden_states=torch.from_numpy(x["encoder_hidden_states"]),
+                pooled_projections=torch.from_numpy(x["pooled_projections"]),
+                timestep=torch.from_numpy(t),
+                img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32),
+                txt_ids=torch.zeros(TEXT_TOKENS, 3),
+                guidance=torch.full((b,), 2.0) if dev else None).sample
+    v = FluxPipeline._unpack_latents(out, h * 8, w * 8, 8)
+    (v * torch.from_numpy(weights.transpose(0, 3, 1, 2).copy())).sum().backward()
+    assert_close(grad, latents.grad.numpy().transpose(0, 2, 3, 1), rel=1e-4)
