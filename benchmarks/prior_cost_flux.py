@@ -152,7 +152,7 @@ def time_block(kind: str, image_size: int, dtype: str, *, repeats: int = 2,
     rel = float(np.abs(out_x - ref_x).max() / max(1.0, np.abs(ref_x).max()))
     row = dict(block=kind, image=image_size, tokens=n_img + TEXT_TOKENS, dtype=dtype,
                sce_jax_ms=jax_ms, diffusers_ms=torch_ms, ratio=torch_ms / jax_ms,
-               compile_s=compile_s, temp_mb_per_image=temp_mb / batch, max_rel_diff=rel)
+               compile_s=compile_s, temp_mb=temp_mb, max_rel_diff=rel)
     del tblock, jblock, params, args, compiled
     gc.collect()
     return row
@@ -161,9 +161,9 @@ def time_block(kind: str, image_size: int, dtype: str, *, repeats: int = 2,
 def flux_cost_rows(image_sizes=(256, 512), dtypes=("float32", "bfloat16"), *, repeats: int = 2,
                    config: FluxTransformer2DModelConfig = FLUX_DEV) -> list[dict[str, Any]]:
     """Measured block rows, then one extrapolated full-forward row per (image, dtype):
-    ``num_layers x double + num_single_layers x single`` (times and XLA temporaries are per
-    image; the full row's memory is the larger block's, since blocks run one after another,
-    plus the model's weights: ``params x bytes``)."""
+    ``num_layers x double + num_single_layers x single`` (times at batch 1, i.e. per image;
+    the full row's XLA temporaries are the larger block's, since blocks run one after
+    another, and its ``weights_gb`` is ``params x bytes``)."""
     import torch
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                           else os.cpu_count())
@@ -182,7 +182,7 @@ def flux_cost_rows(image_sizes=(256, 512), dtypes=("float32", "bfloat16"), *, re
                              tokens=d["tokens"], dtype=dtype, **full,
                              ratio=full["diffusers_ms"] / full["sce_jax_ms"],
                              compile_s=float("nan"),
-                             temp_mb_per_image=max(d["temp_mb_per_image"], s["temp_mb_per_image"]),
+                             temp_mb=max(d["temp_mb"], s["temp_mb"]),
                              max_rel_diff=max(d["max_rel_diff"], s["max_rel_diff"]),
                              params=counts["model"], measured=False,
                              weights_gb=counts["model"] * jnp.dtype(DTYPES[dtype]).itemsize / 1e9))
@@ -217,13 +217,13 @@ def markdown(rows: list[dict[str, Any]], *, load_before=None, load_after=None) -
         "with the same random weights, batch 1, 512 text tokens + the packed image tokens; median "
         "of the timed calls after a compiling/warm-up call. **The `full` rows are extrapolated** "
         "(19 x double + 38 x single; embedders and output layer left out, <1% of the FLOPs); "
-        "the whole 11.9e9-parameter model was not built. `temp MB` is XLA's temporary memory "
+        "the whole 11.9e9-parameter model was not built. `XLA temp MiB` is the temporary memory "
         "of the compiled block at batch 1 (weights excluded; in bfloat16 mostly a float32 copy "
         "of the modulation weights, not per image); `rel diff` is "
         "max |sce_jax - diffusers| / max(1, max |diffusers|) of the block's image-stream output.",
         "",
         "| block | image | tokens | dtype | sce_jax ms | diffusers ms | diffusers / sce_jax | "
-        "compile s | params | temp MB / image | weights GB | rel diff |",
+        "compile s | params | XLA temp MiB (batch 1) | weights GB | rel diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -232,7 +232,7 @@ def markdown(rows: list[dict[str, Any]], *, load_before=None, load_after=None) -
         lines.append(
             f"| {r['block']} | {r['image']}x{r['image']} | {r['tokens']} | {r['dtype']} | "
             f"{r['sce_jax_ms']:.0f} | {r['diffusers_ms']:.0f} | {r['ratio']:.2f}x | {compile_s} | "
-            f"{r['params'] / 1e6:.0f}M | {r['temp_mb_per_image']:.0f} | {weights} | "
+            f"{r['params'] / 1e6:.0f}M | {r['temp_mb']:.0f} | {weights} | "
             f"{r['max_rel_diff']:.1e} |")
     return "\n".join(lines) + "\n"
 
