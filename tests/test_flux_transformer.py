@@ -308,3 +308,17 @@ def test_prior_latent_gradient_matches_torch(models):
     v = FluxPipeline._unpack_latents(out, h * 8, w * 8, 8)
     (v * torch.from_numpy(weights.transpose(0, 3, 1, 2).copy())).sum().backward()
     assert_close(grad, latents.grad.numpy().transpose(0, 2, 3, 1), rel=1e-4)
+
+
+def test_misshaped_inputs_are_named(models):
+    _, _, port = models
+    x = inputs(2, 2, batch=1)
+    g = x["guidance"] if port.config.guidance_embeds else None
+    args = [jnp.asarray(x[k]) for k in ("hidden_states", "encoder_hidden_states",
+                                         "pooled_projections", "timestep")]
+    with pytest.raises(ValueError, match=r"hidden_states must be \(B, N, 16\) packed latent tokens"):
+        port(args[0][..., :8], *args[1:], latent_image_ids(4, 4), text_ids(TEXT_TOKENS), g)
+    with pytest.raises(ValueError, match=r"img_ids must be \(4, 3\)"):
+        port(*args, latent_image_ids(4, 6), text_ids(TEXT_TOKENS), g)
+    with pytest.raises(ValueError, match=r"pooled_projections must be \(1, 12\)"):
+        port(*args[:2], args[2][:, :5], args[3], latent_image_ids(4, 4), text_ids(TEXT_TOKENS), g)
