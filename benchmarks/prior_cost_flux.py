@@ -165,8 +165,16 @@ def flux_cost_rows(image_sizes=(256, 512), dtypes=("float32", "bfloat16"), *, re
     the full row's XLA temporaries are the larger block's, since blocks run one after
     another, and its ``weights_gb`` is ``params x bytes``)."""
     import torch
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                           else os.cpu_count())
+    try:
+        return _rows(image_sizes, dtypes, repeats, config)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _rows(image_sizes, dtypes, repeats, config) -> list[dict[str, Any]]:
     counts = parameter_count(config)
     rows = []
     for dtype in dtypes:
