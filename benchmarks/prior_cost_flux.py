@@ -23,8 +23,8 @@ not temporaries): the activations in float32; in bfloat16 mostly a float32 copy 
 modulation weights that XLA:CPU makes for the batch-1 matrix-vector product on ``temb`` (a
 fixed cost, not per image). PyTorch's CPU allocator reports nothing comparable.
 
-Run ``python -m benchmarks.prior_cost_flux`` (5 min 18 s and 4.6 GB peak measured with the
-2-core machine's load at 8-10 from other jobs; each block runs 3 times per implementation) or call
+Run ``python -m benchmarks.prior_cost_flux`` (5 min and 4.7 GB peak, measured with the 2-core
+machine's load at 8-12 from other jobs; each block runs 3 times per implementation) or call
 :func:`flux_cost_rows` / :func:`markdown`.
 """
 
