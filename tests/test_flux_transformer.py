@@ -323,11 +323,3 @@ def test_misshaped_inputs_are_named(models):
     with pytest.raises(ValueError, match=r"pooled_projections must be \(1, 12\)"):
         port(*args[:2], args[2][:, :5], args[3], latent_image_ids(4, 4), text_ids(TEXT_TOKENS), g)
 
-
-def test_both_attention_paths_agree():
-    """The CPU path (head by head) and the batched path other platforms take."""
-    from sce_jax.models.flux_layers import _attention_batched, _attention_per_head
-    rng = np.random.default_rng(7)
-    q, k, v = (jnp.asarray(rng.normal(size=(2, 9, 3, 8)).astype(np.float32)) for _ in range(3))
-    np.testing.assert_allclose(np.asarray(_attention_per_head(q, k, v)),
-                               np.asarray(_attention_batched(q, k, v)), atol=1e-6)

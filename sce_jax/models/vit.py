@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sce_jax.models.attention import attention
 from sce_jax.models.conv import conv_general_dilated
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.vae_blocks import Activation, Dropout
@@ -192,7 +193,7 @@ class MultiheadAttention(nnx.Module):
     """``nn.MultiheadAttention(D, heads, batch_first=True)`` as self-attention::
 
         [q; k; v] = x in_proj_weight^T + in_proj_bias
-        a = softmax(q k^T / sqrt(D / heads)) v   (per head; softmax in float32)
+        a = softmax(q k^T / sqrt(D / heads)) v   (per head, :func:`sce_jax.models.attention.attention`)
         y = out_proj(a)
 
     ``in_proj_weight`` / ``in_proj_bias`` keep PyTorch's layout and names (raw parameters).
@@ -211,10 +212,7 @@ class MultiheadAttention(nnx.Module):
         w = self.in_proj_weight[...].astype(self.dtype)
         qkv = jnp.einsum("bsd,ed->bse", x.astype(self.dtype), w) + self.in_proj_bias[...].astype(self.dtype)
         q, k, v = (t.reshape(b, s, self.heads, d // self.heads) for t in jnp.split(qkv, 3, axis=-1))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(logits / math.sqrt(d // self.heads), axis=-1)
-        a = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(b, s, d)
-        return self.out_proj(a)
+        return self.out_proj(attention(q, k, v).reshape(b, s, d))
 
 
 class EncoderBlock(nnx.Module):
