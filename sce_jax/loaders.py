@@ -32,8 +32,9 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
     from sce_jax.models.densenet import DenseNet
     from sce_jax.models.resnet import ResNet
     from sce_jax.models.small_cnn import SmallCNN
+    from sce_jax.models.vit import VisionTransformer
 
-    model = load_model(config.checkpoint, expect=(ResNet, DenseNet, SmallCNN))
+    model = load_model(config.checkpoint, expect=(ResNet, DenseNet, SmallCNN, VisionTransformer))
     preprocessing = Preprocessing(
         input_size=tuple(config.input_size) or None,
         channels=int(config.channels) or None,

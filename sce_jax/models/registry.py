@@ -11,9 +11,10 @@ def model_classes() -> dict[str, type]:
     from sce_jax.models.latent_flow import LatentFlowTransformer
     from sce_jax.models.resnet import ResNet
     from sce_jax.models.small_cnn import SmallCNN
+    from sce_jax.models.vit import VisionTransformer
 
     classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN, InceptionV3,
-               LatentFlowTransformer)
+               LatentFlowTransformer, VisionTransformer)
     return {cls.__name__: cls for cls in classes}
 
 

@@ -247,6 +247,7 @@ def load_diffusers_model(
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     subfolder: str | None = None,
+    default_subfolder: str = "vae",
     revision: str = "main",
     variant: str | None = None,
     rename: Callable[[str], str] | None = None,
@@ -261,9 +262,12 @@ def load_diffusers_model(
       cls: the port class (``config_class`` attribute, ``cls(config, *, rngs, dtype,
         param_dtype)`` constructor).
       class_name: the diffusers class the folder's ``config.json`` must name.
+      default_subfolder: the pipeline component used when the folder itself is not a model
+        folder (``"vae"``, ``"transformer"``).
       rename: maps legacy checkpoint key names to current ones (see the port's module).
     """
-    model_dir = resolve_model_dir(path_or_repo_id, subfolder=subfolder, revision=revision)
+    model_dir = resolve_model_dir(path_or_repo_id, subfolder=subfolder,
+                                  default_subfolder=default_subfolder, revision=revision)
     raw = read_model_config(model_dir, class_name=class_name)
     where = f"{class_name} config {os.path.join(model_dir, CONFIG_NAME)}"
     try:

@@ -1,0 +1,1 @@
+"""Builders of :class:`sce_jax.prior.Prior` from the ported generative transformers."""
