@@ -54,6 +54,7 @@ from absl import logging
 from sce_jax import data as data_lib
 from sce_jax import image_io, parallel, results_table, run_throughput
 from sce_jax.distributed import DistributedSetupError
+from sce_jax.example_files import example_folder, write_example_files
 from sce_jax.explainer import Explainer, all_other_classes
 from sce_jax.loaders import load_classifier, load_generator
 from sce_jax.progress import Progress, announce
@@ -263,7 +264,7 @@ class _Writer:
         os.makedirs(os.path.join(workdir, IMAGES), exist_ok=True)
 
     def image_dir(self, example_id: int) -> str:
-        return os.path.join(IMAGES, f"{example_id:07d}")
+        return example_folder(example_id)
 
     def write_batch(self, first_id: int, records: list[dict[str, Any]]) -> None:
         name = f"p{self.process_index:03d}-{first_id:09d}.jsonl"
@@ -486,25 +487,14 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         if not valid[i]:
             continue
         example_id = int(ids[i])
-        folder = writer.image_dir(example_id)
-        os.makedirs(os.path.join(writer.workdir, folder), exist_ok=True)
-        original = os.path.join(folder, "original.png")
-        if example_id not in written_originals:
-            image_io.write_png(os.path.join(writer.workdir, original), images[i])
-            written_originals.add(example_id)
         target = int(result.target[j])
+        attempt_files = write_example_files(
+            writer.workdir, example_id, images[i], quantised[j], result.mask[j], target,
+            heatmaps=bool(config.output.heatmaps), write_masks=bool(config.output.masks),
+            write_original=example_id not in written_originals)
+        written_originals.add(example_id)
         for a in range(k):
-            stem = f"t{target}_a{a}"
-            files = {"original": original,
-                     "counterfactual": os.path.join(folder, f"cf_{stem}.png")}
-            image_io.write_png(os.path.join(writer.workdir, files["counterfactual"]), quantised[j, a])
-            if config.output.heatmaps:
-                files["difference"] = os.path.join(folder, f"diff_{stem}.png")
-                image_io.write_png(os.path.join(writer.workdir, files["difference"]),
-                                   image_io.difference_heatmap(images[i], quantised[j, a].astype(np.float32) / 255.0))
-            if config.output.masks:
-                files["mask"] = os.path.join(folder, f"mask_{stem}.png")
-                image_io.write_png(os.path.join(writer.workdir, files["mask"]), result.mask[j, a])
+            files = attempt_files[a]
             change = np.abs(quantised[j, a].astype(np.float32) / 255.0 - images[i]).max(-1)
             records.append({
                 "example_id": example_id, "source": batch.sources[i],
