@@ -56,7 +56,7 @@ def class_indices(values: Sequence[Any], class_names: Sequence[str] | None, *,
 
 
 def needs_names(values: Any) -> bool:
-    """True when ``values`` (a sequence or array) holds a name rather than only indices."""
+    """True when ``values`` (a sequence or array) holds a name, not only indices (or blanks)."""
     array = np.asarray(values, dtype=object).reshape(-1)
-    return any(isinstance(v, (str, np.str_)) and not str(v).strip().lstrip("-").isdigit()
-               for v in array)
+    return any(isinstance(v, (str, np.str_)) and str(v).strip()
+               and not str(v).strip().lstrip("-").isdigit() for v in array)
