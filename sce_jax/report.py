@@ -75,7 +75,7 @@ table.summary td, table.summary th, table.skipped td, table.skipped th {
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .example { display: flex; flex-wrap: wrap; gap: 0.8em; align-items: flex-start;
   border-top: 1px solid #ccc; padding: 0.8em 0; }
-.card { font-size: 0.85em; max-width: 32em; overflow-wrap: anywhere; }
+.card { font-size: 0.85em; width: min-content; min-width: 16em; overflow-wrap: anywhere; }
 .card.original { background: #f4f4f4; padding: 0.4em; }
 .images { display: flex; gap: 0.3em; }
 figure { margin: 0; } figcaption { font-size: 0.8em; color: #555; }

@@ -126,3 +126,26 @@ def test_every_run_config_key_has_a_comment():
     assert comments["search.smoothing.sigma"].startswith("(smoothed gradient")
     assert "(False: K independent attempts" in comments["search.lock"]
     assert "search.seed" not in comments or "edit mask" not in comments["search.seed"]
+
+
+def test_installed_layout_is_what_the_entry_points_use():
+    """The build maps configs/ and scripts/ into the package where console.py and
+    command_line.py look for them; in a checkout they find the top-level folders."""
+    import tomllib
+
+    from sce_jax import console
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    assert project["project"]["license"] == "Apache-2.0"
+    scripts = project["project"]["scripts"]
+    assert scripts == {"sce-jax-explain": "sce_jax.console:explain",
+                       "sce-jax-evaluate": "sce_jax.console:evaluate"}
+    package_dir = project["tool"]["setuptools"]["package-dir"]
+    assert package_dir == {"sce_jax._configs": "configs", "sce_jax._scripts": "scripts"}
+    assert command_line.CONFIG_DIRS[0].endswith(os.path.join("sce_jax", "_configs"))
+    assert console.SCRIPT_DIRS[0].endswith(os.path.join("sce_jax", "_scripts"))
+    assert console.script_path("explain") == EXPLAIN
+    assert console.script_path("evaluate") == EVALUATE
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        assert '"sce_jax._configs", "sce_jax._scripts"' in f.read()

@@ -351,7 +351,8 @@ def evaluate_workdirs(workdirs: Sequence[str], out_dir: str, *, table_name: str 
     networks = models.Networks(options.batch_size)
     for workdir in workdirs:
         result = evaluate_workdir(workdir, options, networks)
-        logging.info("%s: flip rate %s, written to %s", result["run"], result["table"]["flip_rate"],
+        logging.info("%s: flip rate %s, written to %s", result["run"],
+                     report.format_value(result["table"]["flip_rate"], "percent"),
                      os.path.join(result["workdir"], FOLDER, METRICS))
         results.append(result)
     paths = tables.write_tables(out_dir, [r["table"] for r in results], table_name)
