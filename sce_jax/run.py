@@ -117,6 +117,8 @@ def _check_resume_config(config: ml_collections.ConfigDict, workdir: str, *,
     if os.path.exists(path) and read_records(workdir):
         with open(path) as f:
             previous = json.load(f)
+        if isinstance(previous.get("targets"), dict):  # recorded before targets.class_name existed
+            previous["targets"].setdefault("class_name", "")
         changed = [k for k in RESULT_DEFINING if previous.get(k) != current.get(k)]
         if changed:
             raise RunConfigError(
