@@ -74,6 +74,7 @@ def test_a_bad_data_source_leaves_no_workdir(tmp_path):
     proc = _run(EXPLAIN, "--config=fashion_mnist:tiny", f"--config.data.source={tmp_path / 'x.npz'}",
                 f"--workdir={workdir}")
     _one_error_line(proc, r"x.npz")
+    assert "loading the models and the data ..." in proc.stderr  # said before the slow part
     assert not workdir.exists()
 
 
