@@ -61,7 +61,6 @@ EVALUATION_FIELDS = (
     (("diversity", "diversity_cosine", "mean"), "diversity (1 - |cos| between attempts)", "number"),
     (("non_adversarial", "rate"), "non-adversarial rate (surrogate agrees)", "percent"),
     (("realism", "fid"), "FID (classifier features)", "number"),
-    (("ground_truth", "all_found_rate"), "ground truth: all factors found", "percent"),
 )
 KID_NOTE = ("KID is an unbiased estimate of a squared distance: when originals and "
             "counterfactuals are indistinguishable at this sample size it scatters around 0 and "
@@ -268,6 +267,9 @@ def _evaluation_summary(metrics: Mapping[str, Any] | None) -> str:
         rows.append(("KID (classifier features)", None, f"{_esc(format_value(kid))}{spread}"))
     for factor, rate in sorted((_lookup(metrics, ("ground_truth", "dominant_rate")) or {}).items()):
         rows.append((f"ground truth: changes mostly the {factor}", format_value(rate, "percent")))
+    all_found = _lookup(metrics, ("ground_truth", "all_found_rate"))
+    if all_found is not None:
+        rows.append(("ground truth: all factors found by the attempts", format_value(all_found, "percent")))
     body = "".join(
         f"<tr><th>{_esc(row[0])}</th><td class=\"num\">"
         f"{row[2] if len(row) == 3 else _esc(row[1])}</td></tr>" for row in rows)
