@@ -11,9 +11,9 @@ Sources (:func:`open_dataset` picks by what ``source`` is):
   (``labels_key=None``: no labels). The arrays are read into memory when the file is opened
   (an ``.npz`` member is one array); data larger than memory belongs in a folder or a CSV.
 - **a CSV file** with a header ``path,target[,region][,label]``: ``path`` is an image
-  (relative paths are relative to the CSV's folder), ``target`` an int class index or empty
-  (no target), ``region`` an optional mask image of the same size whose nonzero pixels may
-  change, ``label`` an optional int true class. One example per row, in row order.
+  (relative paths are relative to the CSV's folder), ``target`` an int class index, a class
+  name of the classifier's ``class_names`` or empty (no target), ``region`` an optional mask
+  image of the same size whose nonzero pixels may change, ``label`` an optional int true class. One example per row, in row order.
 
 Every example has a stable global ``example_id`` (its index in that order) and a ``source``
 string (the file path, or ``file.npz[i]``).
@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image
 
 from sce_jax import image_io
+from sce_jax.class_names import ClassNameError, class_index, needs_names
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 CSV_REQUIRED_COLUMNS = ("path", "target")
@@ -415,8 +416,8 @@ def _npz_pixels(images: np.ndarray, path: str, key: str):
 class CsvDataset(Dataset):
     """Examples listed in a CSV file: ``path,target[,region][,label]`` (see the module doc)."""
 
-    def __init__(self, path: str, **options):
-        rows = _read_csv_rows(path)
+    def __init__(self, path: str, *, class_names: Sequence[str] | None = None, **options):
+        rows = _read_csv_rows(path, class_names)
         folder = os.path.dirname(path)
         self._regions = [None if not r["region"] else os.path.join(folder, r["region"]) for r in rows]
         sources = [os.path.join(folder, r["path"]) for r in rows]
@@ -444,7 +445,17 @@ def _csv_int(value: str, column: str, line: int, path: str) -> int:
     return number
 
 
-def _read_csv_rows(path: str) -> list[dict]:
+def _csv_target(value: str, line: int, path: str, class_names: Sequence[str] | None) -> int:
+    """A CSV target: an index, empty (none) or a class name (see :mod:`sce_jax.class_names`)."""
+    if not needs_names([value.strip()]):
+        return _csv_int(value, "target", line, path)
+    try:
+        return class_index(value, class_names, what=f"{path} line {line}: target")
+    except ClassNameError as e:
+        raise DataError(str(e)) from None
+
+
+def _read_csv_rows(path: str, class_names: Sequence[str] | None = None) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"CSV file {path} does not exist")
     try:
@@ -475,7 +486,7 @@ def _read_csv_rows(path: str) -> list[dict]:
         if not row["path"].strip():
             raise DataError(f"{path} line {line}: empty path")
         rows.append({"path": row["path"].strip(),
-                     "target": _csv_int(row["target"], "target", line, path),
+                     "target": _csv_target(row["target"], line, path, class_names),
                      "region": row.get("region", "").strip(),
                      "label": _csv_int(row.get("label", ""), "label", line, path)})
     if not rows:
@@ -522,7 +533,8 @@ def _check_range(values: np.ndarray, num_classes: int, what: str, dataset: Datas
 
 def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, crop: bool = False,
                  images_key: str = "images", labels_key: str | None = "labels",
-                 limit: int | None = None, num_classes: int | None = None) -> Dataset:
+                 limit: int | None = None, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None) -> Dataset:
     """Opens a folder, ``.npz`` or ``.csv`` source and checks it as a whole.
 
     Args:
@@ -534,6 +546,7 @@ def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, cro
       images_key, labels_key: the arrays of an ``.npz`` (``labels_key`` None or "": no labels).
       limit: keep only the first ``limit`` examples (None or 0: all).
       num_classes: when given, labels and targets must lie in ``0..num_classes-1``.
+      class_names: the classifier's class names: a CSV's target column may name classes.
 
     Raises:
       DataError: the source cannot be used (the message names the file and the problem).
@@ -554,7 +567,7 @@ def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, cro
         dataset = NpzDataset(source, images_key=images_key, labels_key=labels_key or None,
                              limit=limit, **options)
     elif lower.endswith(".csv"):
-        dataset = CsvDataset(source, **options)
+        dataset = CsvDataset(source, class_names=class_names, **options)
     elif not os.path.exists(source):
         raise DataError(f"data source {source} does not exist (expected an image folder, "
                         "an .npz or a .csv file)")

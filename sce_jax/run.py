@@ -6,8 +6,10 @@
     images/<id>/...          original.png, and per (target t, attempt a): cf_t<t>_a<a>.png,
                              diff_t<t>_a<a>.png (heat map), mask_t<t>_a<a>.png
     parts/<process>-<id>.jsonl   the records of one batch, written atomically after its images
-    manifest.jsonl           all records, sorted, rebuilt atomically from parts/
-    summary.json, report.html
+    manifest.jsonl           all records, sorted, rebuilt atomically from parts/ (class names
+                             and the goal in words beside the indices: sce_jax.record_names)
+    results.csv              the manifest's main columns (sce_jax.results_table)
+    summary.json, report.html   (throughput of every invocation that did work: sce_jax.run_throughput)
 
 Resume: an example is done when a part file holds its records; a rerun skips those and
 finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
@@ -50,12 +52,14 @@ import numpy as np
 from absl import logging
 
 from sce_jax import data as data_lib
-from sce_jax import image_io, parallel
+from sce_jax import image_io, parallel, results_table, run_throughput
 from sce_jax.distributed import DistributedSetupError
+from sce_jax.example_files import example_folder, write_example_files
 from sce_jax.explainer import Explainer, all_other_classes
 from sce_jax.loaders import load_classifier, load_generator, load_prior
-from sce_jax.progress import Progress
-from sce_jax.run_config import RunConfigError, validate_run_config
+from sce_jax.progress import Progress, announce
+from sce_jax.record_names import named_fields
+from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
 from sce_jax.search import targets as target_lib
 from sce_jax.search.config import settings_from_config
 
@@ -113,6 +117,8 @@ def _check_resume_config(config: ml_collections.ConfigDict, workdir: str, *,
     if os.path.exists(path) and read_records(workdir):
         with open(path) as f:
             previous = json.load(f)
+        if isinstance(previous.get("targets"), dict):  # recorded before targets.class_name existed
+            previous["targets"].setdefault("class_name", "")
         changed = [k for k in RESULT_DEFINING if previous.get(k) != current.get(k)]
         if changed:
             raise RunConfigError(
@@ -156,17 +162,33 @@ def remove_stale_temporaries(workdir: str, example_ids, *, process_index: int) -
     return removed
 
 
-def _check_workdir_writable(workdir: str) -> None:
-    """Creates ``workdir`` and a probe file in it, so a read-only disk fails before any work."""
+def _check_workdir_writable(workdir: str, *, keep: bool = False) -> None:
+    """Writes a probe file into ``workdir``, so a read-only disk fails before any work.
+
+    Folders the probe had to create are removed again unless ``keep``: a run that stops on a
+    bad input leaves no empty workdir behind (the run creates it once its inputs are checked).
+    """
+    created = []
+    folder = workdir
+    while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(workdir, exist_ok=True)
         with image_io.atomic_write(os.path.join(workdir, ".write_probe"), "w") as f:
             f.write("probe")
         os.remove(os.path.join(workdir, ".write_probe"))
     except OSError as e:
+        keep = False
         raise WorkdirWriteError(
             e.errno, f"the workdir {workdir} cannot be written ({e.strerror or e}"
             f"{': ' + str(e.filename) if e.filename else ''}); choose a writable --workdir") from e
+    finally:
+        for new_folder in created if not keep else ():
+            try:
+                os.rmdir(new_folder)
+            except OSError:
+                pass
 
 
 def _write_failed(e: OSError, workdir: str, committed: int) -> WorkdirWriteError:
@@ -254,7 +276,7 @@ class _Writer:
         os.makedirs(os.path.join(workdir, IMAGES), exist_ok=True)
 
     def image_dir(self, example_id: int) -> str:
-        return os.path.join(IMAGES, f"{example_id:07d}")
+        return example_folder(example_id)
 
     def write_batch(self, first_id: int, records: list[dict[str, Any]]) -> None:
         name = f"p{self.process_index:03d}-{first_id:09d}.jsonl"
@@ -303,7 +325,8 @@ def _open_inputs(config: ml_collections.ConfigDict):
         channels=int(config.data.channels), crop=bool(config.data.crop),
         images_key=config.data.npz_images_key, labels_key=config.data.npz_labels_key,
         limit=int(config.data.limit) or None,
-        num_classes=classifier.num_outputs if classifier.head == "multiclass" else None)
+        num_classes=classifier.num_outputs if classifier.head == "multiclass" else None,
+        class_names=classifier.class_names)
     generator.latent_shape(tuple(config.data.image_size))  # a size that does not fit: now
     return generator, classifier, prior, dataset
 
@@ -326,6 +349,7 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
         work, except a write that fails mid-run).
     """
     validate_run_config(config)
+    config = resolve_target_class(config)
     settings = settings_from_config(config.search)  # search config errors before any work
     workdir = os.path.abspath(workdir)
     state = state or RunState()
@@ -340,12 +364,15 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
     process_index, process_count = jax.process_index(), jax.process_count()
     if process_index == 0:
         _check_workdir_writable(workdir)
+    announce("loading the models and the data ...")
     try:
         generator, classifier, prior, dataset = _open_inputs(config)
     except RunConfigError:
         raise
     except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
         raise RunInputError(str(e)) from e
+    if process_index == 0:  # the inputs are usable: now the workdir may be created
+        _check_workdir_writable(workdir, keep=True)
     _barrier("sce_jax.run: workdir ready", process_count)
     if process_index == 0:
         _check_resume_config(config, workdir)
@@ -381,7 +408,11 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
         for batch in data_lib.iterate_batches(dataset, int(config.batch_size), skip_ids=done,
                                               process_index=process_index, process_count=process_count,
                                               pad_to_num_batches=num_batches):
+            if committed == 0:
+                announce(f"compiling the search for batches of {int(config.batch_size)} "
+                         "(the first batch takes longer) ...")
             records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind, writer)
+            records = [{**r, **named_fields(r, classifier.class_names)} for r in records]
             if records:
                 writer.write_batch(min(r["example_id"] for r in records), records)
             committed += 1
@@ -402,7 +433,9 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
         summary["complete"] = {r["example_id"] for r in records} >= set(range(dataset.num_examples))
         if process_index != 0:
             return summary
+        summary = run_throughput.carry_over(os.path.join(workdir, SUMMARY), summary, produced)
         _atomic_write_text(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2, sort_keys=True))
+        results_table.write_results_csv(workdir, records)
         if config.output.report:
             from sce_jax import report
             report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
@@ -467,25 +500,14 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         if not valid[i]:
             continue
         example_id = int(ids[i])
-        folder = writer.image_dir(example_id)
-        os.makedirs(os.path.join(writer.workdir, folder), exist_ok=True)
-        original = os.path.join(folder, "original.png")
-        if example_id not in written_originals:
-            image_io.write_png(os.path.join(writer.workdir, original), images[i])
-            written_originals.add(example_id)
         target = int(result.target[j])
+        attempt_files = write_example_files(
+            writer.workdir, example_id, images[i], quantised[j], result.mask[j], target,
+            heatmaps=bool(config.output.heatmaps), write_masks=bool(config.output.masks),
+            write_original=example_id not in written_originals)
+        written_originals.add(example_id)
         for a in range(k):
-            stem = f"t{target}_a{a}"
-            files = {"original": original,
-                     "counterfactual": os.path.join(folder, f"cf_{stem}.png")}
-            image_io.write_png(os.path.join(writer.workdir, files["counterfactual"]), quantised[j, a])
-            if config.output.heatmaps:
-                files["difference"] = os.path.join(folder, f"diff_{stem}.png")
-                image_io.write_png(os.path.join(writer.workdir, files["difference"]),
-                                   image_io.difference_heatmap(images[i], quantised[j, a].astype(np.float32) / 255.0))
-            if config.output.masks:
-                files["mask"] = os.path.join(folder, f"mask_{stem}.png")
-                image_io.write_png(os.path.join(writer.workdir, files["mask"]), result.mask[j, a])
+            files = attempt_files[a]
             change = np.abs(quantised[j, a].astype(np.float32) / 255.0 - images[i]).max(-1)
             records.append({
                 "example_id": example_id, "source": batch.sources[i],

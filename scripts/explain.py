@@ -3,6 +3,11 @@
     python scripts/explain.py                      # the shipped Fashion-MNIST demo
     python scripts/explain.py --config=configs/squares.py --workdir=runs/squares
     python scripts/explain.py --config=configs/fashion_mnist.py --config.search.steps=50
+    python scripts/explain.py --config=squares:tiny --workdir=/tmp/sq   # a shipped config by name
+    python scripts/explain.py --print_config          # every --config.* key, its value and meaning
+    python scripts/explain.py --config.targets.kind=class --config.targets.class_name=Dress
+
+Installed as a package (no checkout): ``sce-jax-explain`` takes the same flags.
 
 Writes counterfactual PNGs, difference maps, manifest.jsonl, summary.json and report.html into
 --workdir. Rerunning on the same workdir resumes where the last run stopped: after SIGTERM,
@@ -41,9 +46,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run from a checkout without installing
+if os.path.isdir(os.path.join(ROOT, "sce_jax")):
+    sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import compilation_cache, distributed, run  # noqa: E402  (imports jax; starts no backend)
+from sce_jax import command_line, compilation_cache, distributed, run  # noqa: E402  (imports jax; starts no backend)
 
 EXIT_COMPLETE = 0
 EXIT_USER_ERROR = 2
@@ -51,28 +57,27 @@ EXIT_STOPPED = 75
 
 
 
-def _error(message) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_USER_ERROR
+_error = command_line.error
+_plain_message = command_line.plain_message
 
-
-def _plain_message(e: BaseException) -> str:
-    """The innermost message of an exception wrapping others, on one line."""
-    while e.args and isinstance(e.args[0], BaseException):
-        e = e.args[0]
-    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-    return " ".join(message.split())
-
-
+# --config by path or by shipped name (squares, squares:tiny); a missing file, a syntax error
+# or a refused argument is one error line here, before ml_collections loads it.
+sys.argv[:] = command_line.resolve_config_argv(sys.argv)
 try:  # ml_collections applies --config.* overrides here, while defining the flag
     config_flags.DEFINE_config_file(
-        "config", os.path.join(ROOT, "configs", "fashion_mnist.py"), "Run config file.",
+        "config", command_line.find_config_file("fashion_mnist"),
+        "Run config file: a path, or the name of a shipped config (fashion_mnist, squares, "
+        "ablation), optionally with :ARG (squares:tiny). Any key can be overridden with "
+        "--config.KEY=VALUE; --print_config lists every key with its meaning.",
         lock_config=True)
 except Exception as e:  # noqa: BLE001 - unknown key, wrong type, a config file that fails
     overrides = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config")]
     sys.exit(_error(f"the config or its overrides ({' '.join(overrides) or 'none'}) cannot be "
                     f"applied: {type(e).__name__}: {_plain_message(e)}"))
 flags.DEFINE_string("workdir", os.path.join("runs", "fashion_mnist"), "Output directory.")
+flags.DEFINE_bool("print_config", False,
+                  "Print the resolved config (file + --config.* overrides), one --config.KEY=VALUE "
+                  "line per key with its meaning, and exit without running.")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-process runs: HOST:PORT of process 0, the same on every process.")
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes take part.")
@@ -86,13 +91,8 @@ flags.DEFINE_string("compilation_cache", None,
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a bad flag or config key reported as ``error: ...``, exit 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(_error(e))
-    except Exception as e:  # noqa: BLE001 - a config file that fails to load, an override of the wrong type
-        sys.exit(_error(f"{type(e).__name__}: {_plain_message(e)}"))
+    """absl's flag parsing: a bad flag or config key is ``error: ...``, exit 2; --help exits 0."""
+    return command_line.parse_flags(argv)
 
 
 def main(argv):
@@ -101,6 +101,10 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # library INFO chatter off; progress still shows
         logging.set_verbosity(logging.WARNING)
     FLAGS = flags.FLAGS
+    if FLAGS.print_config:
+        from sce_jax import config_doc
+        print(config_doc.describe(FLAGS.config))
+        return EXIT_COMPLETE
     if FLAGS.compilation_cache:
         try:
             compilation_cache.enable(FLAGS.compilation_cache)
@@ -118,8 +122,7 @@ def main(argv):
     if jax.process_index() != 0:
         return EXIT_COMPLETE if summary["complete"] else EXIT_STOPPED
     workdir = os.path.abspath(FLAGS.workdir)
-    print(f"flip rate {summary['flip_rate']}, {summary['num_counterfactuals']} counterfactuals "
-          f"for {summary['num_images']} images ({summary['num_skipped']} skipped)")
+    print(run_outcome(summary))
     report = os.path.join(workdir, "report.html")
     if os.path.exists(report):
         print(f"report: {report}")
@@ -128,6 +131,15 @@ def main(argv):
               f"(exit code {EXIT_STOPPED})", file=sys.stderr)
         return EXIT_STOPPED
     return EXIT_COMPLETE
+
+
+def run_outcome(summary) -> str:
+    """The closing line: flip rate as a percentage, counts."""
+    from sce_jax.report import format_value
+    return (f"flip rate {format_value(summary['flip_rate'], 'percent')} (first attempts "
+            f"{format_value(summary['flip_rate_first_attempt'], 'percent')}), "
+            f"{summary['num_counterfactuals']} counterfactuals for {summary['num_images']} images "
+            f"({summary['num_skipped']} skipped)")
 
 
 if __name__ == "__main__":

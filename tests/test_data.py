@@ -306,7 +306,8 @@ def test_csv_errors(tmp_path):
                             "expected the header path,target[,region][,label]")
     with pytest.raises(DataError, match=r"unknown column\(s\) colour"):
         _open(csv("b.csv", "path,target,colour\nx.png,1,red\n"))
-    with pytest.raises(DataError, match=r"b2.csv line 3: target 'cat' is not an integer class index"):
+    with pytest.raises(DataError, match=r"b2.csv line 3: target 'cat' is a name, but the classifier "
+                                         r"has no class names"):
         _open(csv("b2.csv", "path,target\nx.png,1\ny.png,cat\n"))
     with pytest.raises(DataError, match=r"c.csv line 2: 3 fields, the header has 2"):
         _open(csv("c.csv", "path,target\nx.png,1,extra\n"))

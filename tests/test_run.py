@@ -15,7 +15,7 @@ from sce_jax.run_config import RunConfigError
 from sce_jax.weights.checkpoint import save_model
 from tests import multiprocess_worker as worker
 
-TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds")
+TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds", "runs")  # differ run to run
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,29 @@ def test_run_writes_images_manifest_summary_and_report(checkpoints, image_folder
     assert "img2.png" in html and ok[0]["files"]["counterfactual"] in html
 
 
+def test_run_by_class_name_says_what_it_does_and_records_names(checkpoints, image_folder, tmp_path,
+                                                                capsys):
+    """targets.class_name, class names and the goal in each record, results.csv, and the
+    loading/compiling messages before the progress line."""
+    import csv
+
+    config = worker.tiny_config(checkpoints, image_folder, search__steps=2, search__attempts=1,
+                                output__report=False, classifier__class_names=("cat", "dog", "owl"),
+                                targets__kind="class", targets__class_name="Owl")
+    workdir = str(tmp_path / "run")
+    run.explain_dataset(config, workdir)
+    err = capsys.readouterr().err
+    assert err.index("loading the models and the data") < err.index("compiling the search") < err.index("[")
+    ok = [r for r in _manifest(workdir) if r["status"] == "ok"]
+    assert {(r["target"], r["target_name"], r["goal"]) for r in ok} == {(2, "owl", "reach owl")}
+    assert all(r["prediction_name"] == ("cat", "dog", "owl")[r["prediction"]] for r in ok)
+    with open(os.path.join(workdir, "run_config.json")) as f:
+        assert json.load(f)["targets"] == {"kind": "class", "class_index": 2, "class_name": ""}
+    with open(os.path.join(workdir, "results.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and {row["goal"] for row in rows if row["status"] == "ok"} == {"reach owl"}
+
+
 def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints, image_folder, tmp_path):
     config = tiny_config(checkpoints, image_folder)
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
@@ -92,8 +115,12 @@ def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints,
             b = np.asarray(Image.open(os.path.join(resumed_dir, r["files"]["counterfactual"])))
             np.testing.assert_array_equal(a, b)
     # a rerun of a finished run does nothing and duplicates nothing
+    with open(os.path.join(resumed_dir, "summary.json")) as f:
+        before = json.load(f)
     again = run.explain_dataset(config, resumed_dir)
-    assert again["counterfactuals_per_second"] == 0
+    # ... and keeps the throughput of the two runs that did the work (interrupted, resumed)
+    assert again["counterfactuals_per_second"] == before["counterfactuals_per_second"] > 0
+    assert [r["counterfactuals"] > 0 for r in again["runs"]] == [True, True]
     assert _manifest(resumed_dir) == _manifest(full_dir)
 
 
