@@ -57,7 +57,7 @@ from sce_jax.loaders import load_classifier, load_generator
 from sce_jax.progress import Progress
 from sce_jax.run_config import RunConfigError, validate_run_config
 from sce_jax.search import targets as target_lib
-from sce_jax.search.config import settings_from_config
+from sce_jax.search.config import SearchConfigError, settings_from_config
 
 RUN_CONFIG_FILE = "run_config.json"
 MANIFEST = "manifest.jsonl"
@@ -89,7 +89,8 @@ class WorkdirWriteError(OSError):
 
 # The errors a user fixes by changing the command, the inputs or the disk: scripts/explain.py
 # reports them as one line (``error: ...``) without a traceback.
-USER_ERRORS = (RunConfigError, RunInputError, WorkdirWriteError, DistributedSetupError)
+USER_ERRORS = (RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError,
+               DistributedSetupError)
 
 
 @dataclasses.dataclass

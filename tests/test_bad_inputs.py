@@ -273,6 +273,8 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
         ([f"--compilation_cache={tmp_path / 'a_file' / 'cache'}"], "compilation cache"),
         (["--config.targets.kind=class", "--config.targets.class_index=7"], "out of range"),
         (["--process_id=1"], "--process_id/--coordinator_address without --num_processes"),
+        (["--config.search.steps=0"], "search config steps=0: must be >= 1"),
+        (["--config.search.learning_rate=nan"], "search config learning_rate=nan: must be a finite number"),
     ]
     env = worker.worker_env()
     procs = [subprocess.Popen([sys.executable, worker.EXPLAIN, f"--config={config}",
