@@ -94,9 +94,6 @@ class Explainer:
         targets = np.asarray(targets, np.int32).reshape(-1)
         if targets.shape[0] != b:
             raise ValueError(f"{targets.shape[0]} targets for {b} images")
-        for t in targets:
-            if not (kind == "other" and t == -1):
-                self.classifier.check_target(int(t))
         if example_ids is None:
             example_ids = np.arange(b, dtype=np.int32)
         example_ids = np.asarray(example_ids, np.int32).reshape(-1)
@@ -107,7 +104,12 @@ class Explainer:
             regions = regions[..., None]
         if regions.shape != (b, h, w, 1):
             raise ValueError(f"regions must be (B, H, W[, 1]) = ({b}, {h}, {w}), got {regions.shape}")
-        valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
+        valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool).reshape(-1)
+        if valid.shape[0] != b:
+            raise ValueError(f"{valid.shape[0]} valid flags for {b} images")
+        for t in targets[valid]:  # rows that are not valid (padding) are never searched
+            if not (kind == "other" and t == -1):
+                self.classifier.check_target(int(t))
         arrays = dict(images=images, targets=targets, example_ids=example_ids, regions=regions,
                       valid=valid)
         if latents is not None:

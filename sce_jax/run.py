@@ -425,6 +425,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
             records.append(_skip_record(data_lib.SkipRecord(int(ids[i]), batch.sources[i],
                                                             "the CSV gives no target for this image")))
         valid = valid & ~bad
+        targets = np.where(valid, targets, 0).astype(np.int32)  # padding: any class, never searched
     elif target_kind == "class" or (target_kind == "flip" and config.targets.class_index >= 0):
         targets = np.full(images.shape[0], config.targets.class_index, np.int32)
     elif target_kind == "flip":

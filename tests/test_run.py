@@ -124,3 +124,20 @@ def test_bad_run_level_inputs_stop_before_any_work(checkpoints, image_folder, tm
         run.explain_dataset(config, str(tmp_path / "c"))
     for name in ("a", "b", "c"):
         assert not os.path.exists(tmp_path / name / "manifest.jsonl")
+
+
+def test_csv_targets_over_a_padded_batch_with_an_empty_target(checkpoints, image_folder, tmp_path):
+    # 3 rows, batches of 2: the second batch is padded, and row 1 has no target. Padding and
+    # the empty target are never searched (once they made the target check fail the run).
+    csv = tmp_path / "targets.csv"
+    csv.write_text(f"path,target\n{image_folder}/img0.png,1\n{image_folder}/img1.png,\n"
+                   f"{image_folder}/img3.png,2\n")
+    config = tiny_config(checkpoints, str(csv))
+    config.targets.kind = "csv"
+    config.output.report = False
+    summary = run.explain_dataset(config, str(tmp_path / "run"))
+    records = _manifest(str(tmp_path / "run"))
+    assert summary["complete"] and summary["num_images"] == 3 and summary["num_skipped"] == 1
+    assert [(r["example_id"], r["status"], r["target"]) for r in records] == [
+        (0, "ok", 1), (0, "ok", 1), (1, "skipped", -1), (2, "ok", 2), (2, "ok", 2)]
+    assert records[2]["reason"] == "the CSV gives no target for this image"
