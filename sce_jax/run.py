@@ -253,15 +253,19 @@ class _Writer:
                            "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption, Ctrl-C: both finish the batch
+
+
 def _install_stop_handlers(state: RunState):
     previous = {}
 
     def handler(signum, frame):
-        logging.warning("signal %d: finishing the current batch, then stopping", signum)
+        logging.warning("%s: finishing the current batch, then stopping",
+                        signal.Signals(signum).name)
         state.stop.set()
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM,):
+        for sig in STOP_SIGNALS:
             previous[sig] = signal.signal(sig, handler)
     return previous
 
@@ -368,9 +372,9 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
         # Every process runs the same number of (collective) batches, padding with empty ones.
         num_batches = data_lib.max_num_batches(dataset, int(config.batch_size),
                                                process_count=process_count, skip_ids=done)
-        for batch in data_lib.iterate_batches(dataset, int(config.batch_size), skip_ids=done,
-                                              process_index=process_index, process_count=process_count,
-                                              pad_to_num_batches=num_batches):
+        for index, batch in enumerate(data_lib.iterate_batches(
+                dataset, int(config.batch_size), skip_ids=done, process_index=process_index,
+                process_count=process_count, pad_to_num_batches=num_batches)):
             records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind, writer)
             if records:
                 writer.write_batch(min(r["example_id"] for r in records), records)
@@ -379,8 +383,8 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
             produced += n_cf
             progress.update(n_cf)
             # After the batch: a stop asked for during it (even during the first compile)
-            # costs nothing that was computed.
-            if _stop_requested(state, process_count):
+            # costs nothing that was computed. After the last one there is nothing to stop.
+            if index + 1 < num_batches and _stop_requested(state, process_count):
                 logging.warning("stopped on request after %d complete batch(es); rerun to resume",
                                 committed)
                 break

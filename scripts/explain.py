@@ -29,16 +29,33 @@ Exit codes:
         source or weights that cannot be used, a target the classifier does not have, a
         read-only workdir); or a write that failed mid-run (a full disk): the batches already
         completed are kept and rerunning the same command resumes
-    75  stopped by SIGTERM (preemption) before the end: the batch in flight was finished and
-        the manifest written; rerun the same command to resume (EX_TEMPFAIL: "try again")
+    75  stopped by SIGTERM (preemption) or SIGINT (Ctrl-C) before the end, at any moment from
+        the start: the batch in flight was finished and the manifest written; rerun the same
+        command to resume (EX_TEMPFAIL: "try again"). A stop during the last batch leaves
+        nothing to resume: the run completes with 0
     1   an unexpected error (a bug): traceback on stderr
 """
 
 import os
+import signal
 import sys
+import threading
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# First thing, before the imports and start-up that take seconds: SIGTERM (preemption) and
+# SIGINT (Ctrl-C) only ask the run to stop after the batch in flight (exit code 75).
+STOP = threading.Event()
+
+
+def _request_stop(signum, frame):
+    os.write(2, f"{signal.Signals(signum).name}: stopping after the batch in flight\n".encode())
+    STOP.set()
+
+
+for _signal in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_signal, _request_stop)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
@@ -110,7 +127,7 @@ def main(argv):
         distributed.initialize_from_flags_or_env(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
             FLAGS.cpu_devices_per_process)
-        summary = run.explain_dataset(FLAGS.config, FLAGS.workdir)
+        summary = run.explain_dataset(FLAGS.config, FLAGS.workdir, state=run.RunState(stop=STOP))
     except run.USER_ERRORS as e:
         return _error(e)
     import jax  # already started above
