@@ -122,6 +122,14 @@ class Explainer:
             batch = parallel.shard_batch(batch, self.mesh)
         return batch, b
 
+    def compile(self, batch: Batch, *, kind: str):
+        """Compiles the search for ``batch``'s shapes (arrays or ``jax.ShapeDtypeStruct``s).
+
+        Returns the ``jax.stages.Compiled`` (``memory_analysis()`` tells what it needs); later
+        calls on batches of that shape reuse the compilation.
+        """
+        return self.compiled(kind).lower(self._gen_params, self._cls_params, batch).compile()
+
     def explain_arrays(self, batch: Batch, *, kind: str) -> Explanation:
         """Runs the compiled search on a prepared batch (device arrays, no host transfer)."""
         return self.compiled(kind)(self._gen_params, self._cls_params, batch)
