@@ -87,17 +87,17 @@ def write_odd_folder(folder: str) -> dict[str, Any]:
     expected["i_truncated.png"] = "cannot decode image: "
     with open(os.path.join(folder, "j_corrupt.png"), "wb") as f:
         f.write(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
-    expected["j_corrupt.png"] = "cannot decode image: cannot identify image file"
+    expected["j_corrupt.png"] = "cannot decode image: UnidentifiedImageError: cannot identify image file"
     with open(os.path.join(folder, "k_text.jpg"), "w") as f:
         f.write("these are notes, not a photograph")
-    expected["k_text.jpg"] = "cannot decode image: cannot identify image file"
+    expected["k_text.jpg"] = "cannot decode image: UnidentifiedImageError: cannot identify image file"
     # a GIF is explained (first frame); other image formats are listed, then skipped if
     # Pillow cannot decode them; an empty file and a link to nothing are skipped
     Image.fromarray(np.full((16, 16), 120, np.uint8)).save(os.path.join(folder, "l_plain.gif"))
     expected["l_plain.gif"] = np.full((16, 16), 120)
     with open(os.path.join(folder, "m_photo.heic"), "wb") as f:
         f.write(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00")
-    expected["m_photo.heic"] = "cannot decode image: cannot identify image file"
+    expected["m_photo.heic"] = "cannot decode image: UnidentifiedImageError: cannot identify image file"
     open(os.path.join(folder, "n_empty.png"), "wb").close()
     expected["n_empty.png"] = "cannot decode image: "
     os.symlink(os.path.join(folder, "gone.png"), os.path.join(folder, "o_dangling.png"))
