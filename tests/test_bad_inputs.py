@@ -200,6 +200,7 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
         (["--process_id=1"], "--process_id/--coordinator_address without --num_processes"),
         (["--config.search.steps=0"], "search config steps=0: must be >= 1"),
         (["--config.search.learning_rate=nan"], "search config learning_rate=nan: must be a finite number"),
+        (["--peer_timeout=0"], "--peer_timeout=0.0: must be a number of seconds > 0"),
     ]
     env = worker.worker_env()
     procs = [subprocess.Popen([sys.executable, worker.EXPLAIN, f"--config={config}",
