@@ -3,6 +3,8 @@
 ``explain_dataset(config, workdir)`` is what ``scripts/explain.py`` calls. The workdir holds::
 
     run_config.json          the config the run started with (a resume must use the same)
+    inputs.json              the ordered inputs it was made from (a resume must see the same;
+                             sce_jax.run_inputs)
     images/<id>/...          original.png, and per (target t, attempt a): cf_t<t>_a<a>.png,
                              diff_t<t>_a<a>.png (heat map), mask_t<t>_a<a>.png
     parts/<process>-<id>.jsonl   the records of one batch, written atomically after its images
@@ -18,18 +20,22 @@ files, which the next run of the same examples removes. An example whose images 
 but whose part file was not is simply explained again, with the same result (randomness is
 keyed by example id).
 
-SIGTERM (preemption) finishes the batch in flight, writes the manifest and returns a summary
-with ``complete: False``; ``scripts/explain.py`` then exits with its documented code.
+SIGTERM (preemption) or SIGINT (Ctrl-C) finishes the batch in flight, writes the manifest and
+returns a summary with ``complete: False`` (unless that batch was the last: then the run is
+complete); ``scripts/explain.py`` then exits with its documented code.
 
 Errors: a problem with the run's inputs (config, data source, weights, a target the classifier
-does not have, a workdir that cannot be written) raises one of :data:`USER_ERRORS` before any
-work. A write that fails during the run (a full disk) raises :class:`WorkdirWriteError`;
+does not have, channels the models do not take, a search too large for the memory, a workdir
+that cannot be written, a resume with another config or input set) raises one of
+:data:`USER_ERRORS` before any work. A write that fails during the run (a full disk) raises :class:`WorkdirWriteError`;
 batches committed before it are kept and a rerun resumes after them.
 
 Several processes (``sce_jax.distributed``): process ``p`` of ``P`` explains the examples with
 ``id % P == p``; all run the same number of batches (padding with empty ones), each writes its
 own examples' images and part files into the shared workdir, and process 0 assembles the
-manifest after all have finished.
+manifest after all have finished. The processes agree on the config and the input set and
+run their checks together before any work; every wait for another process ends after
+``peer_timeout`` seconds with :class:`~sce_jax.collectives.PeerLostError` naming it.
 """
 
 from __future__ import annotations

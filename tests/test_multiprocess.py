@@ -7,7 +7,9 @@ with batches of 2 rows: every device computes 2 rows in both, so the images must
 1/255; in practice bit for bit). Numbers in the records may differ in the last float bit
 (the 8-bit re-check classifies a whole local batch at once, whose size differs).
 
-Also: how :mod:`sce_jax.distributed` reads explicit values and cluster environments.
+Also: how :mod:`sce_jax.distributed` reads explicit values and cluster environments, and that
+processes which cannot work together (one never started, different configs, a check failing on
+one, one killed mid-run) all end within bounded time with one ``error:`` line each.
 """
 
 import json
