@@ -88,11 +88,14 @@ class WorkdirWriteError(OSError):
     """The workdir cannot be written (read-only, full disk, no permission); says what to do.
 
     ``errno`` is the failed write's error number; ``str()`` is the message alone.
+    ``alone`` is True for a write that failed during the batches: only this process knows
+    of it (the others learn it when it does not arrive at their next exchange).
     """
 
     def __init__(self, code: int | None, message: str):
         super().__init__(message)
         self.errno = code
+        self.alone = False
 
 
 # The errors a user fixes by changing the command, the inputs or the disk: scripts/explain.py
@@ -462,6 +465,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     logging.info("%s: %d examples, %d already done, %d to explain on process %d/%d",
                  config.data.source, dataset.num_examples, len(done), todo, process_index, process_count)
     committed = 0
+    in_batches = False  # between the first batch and the end of all (the processes apart)
     try:
         removed = remove_stale_temporaries(workdir, remaining, process_index=process_index)
         if removed:
@@ -470,6 +474,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         progress = Progress(todo * per_image, unit="counterfactuals")
         start = time.monotonic()
         produced = 0
+        in_batches = True
         for index, batch in enumerate(data_lib.iterate_batches(
                 dataset, batch_size, skip_ids=done, process_index=process_index,
                 process_count=process_count, pad_to_num_batches=num_batches)):
@@ -497,6 +502,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         elapsed = time.monotonic() - start
         # all parts written before anyone assembles (shared workdir)
         peers.barrier("all batches written")
+        in_batches = False
         records = read_records(workdir) if process_index != 0 else assemble_manifest(workdir)
         summary = summarise(records, elapsed=elapsed, new_counterfactuals=produced)
         summary["complete"] = {r["example_id"] for r in records} >= set(range(dataset.num_examples))
@@ -508,7 +514,9 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
             report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
                                 max_examples=int(config.output.report_max_examples))
     except OSError as e:
-        raise _write_failed(e, workdir, committed) from e
+        error = _write_failed(e, workdir, committed)
+        error.alone = in_batches
+        raise error from e
     return summary
 
 

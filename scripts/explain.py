@@ -147,7 +147,9 @@ def main(argv):
             FLAGS.cpu_devices_per_process, initialization_timeout=FLAGS.peer_timeout)
         summary = run.explain_dataset(FLAGS.config, FLAGS.workdir, state=run.RunState(stop=STOP),
                                       peer_timeout=FLAGS.peer_timeout)
-    except run.USER_ERRORS as e:  # with several processes, all of them stop with it
+    except run.USER_ERRORS as e:  # with several processes, all of them stop with it...
+        if getattr(e, "alone", False):  # ...except a write failed mid-run on this one only
+            return _leave_without_peers(_error(e))
         return _error(e)
     except collectives.PeerLostError as e:
         print(f"error: {e}", file=sys.stderr)
