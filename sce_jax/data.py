@@ -2,9 +2,11 @@
 
 Sources (:func:`open_dataset` picks by what ``source`` is):
 
-- **an image folder**, searched recursively for ``.png .jpg .jpeg .webp .bmp .tif .tiff``
-  (any letter case; names starting with ``.`` are ignored), sorted by their path relative to
-  the folder. No labels.
+- **an image folder**, searched recursively for ``.png .jpg .jpeg .webp .bmp .tif .tiff
+  .gif`` (GIF: the first frame) and the other image formats of ``OTHER_IMAGE_EXTENSIONS``
+  (HEIC, AVIF, SVG, RAW, ...: explained if Pillow decodes them, else skipped with the reason),
+  any letter case, names starting with ``.`` ignored; sorted by their path relative to the
+  folder. No labels.
 - **an .npz file** in the MedMNIST layout: ``images`` (N, H, W) or (N, H, W, C), uint8 /
   uint16 / bool / float in [0, 1], and ``labels`` (N,) or (N, 1) ints; other key names
   (``train_images``, ``test_labels``, ...) are chosen with ``images_key`` / ``labels_key``
@@ -27,10 +29,11 @@ reduction the filter widens to cover every source pixel). Region masks take the 
 and resize and keep the pixels covered at least half (``coverage >= 0.5``).
 
 Errors: a problem with the run's input as a whole (missing or empty folder, an npz without
-its images, NaN pixels, labels out of range, a CSV without its columns) raises
+its images or with NaN in every image, labels out of range, a CSV without its columns) raises
 :class:`DataError` before any work. A problem with one example (a corrupt or truncated
-file, a non-image with an image extension, an unreadable file, a bad region mask) makes it a
-:class:`SkipRecord` with the reason, reported with the batch it belongs to.
+file, a non-image with an image extension, an unreadable file, a bad region mask, an npz
+image with NaN or infinite pixels) makes it a :class:`SkipRecord` with the reason, reported
+with the batch it belongs to: one bad image never stops a run, whatever the source.
 
 Batches (:func:`iterate_batches`) have a fixed shape: the last one is padded with
 ``valid=False`` rows, so a jitted search compiles once. Process ``p`` of ``P`` reads the
@@ -57,7 +60,11 @@ from PIL import Image
 from sce_jax import image_io
 from sce_jax.class_names import ClassNameError, class_index, needs_names
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Image formats a folder may hold that Pillow may not decode: they are examples too, so a file
+# that cannot be decoded is a skip record with its reason, never silently left out.
+OTHER_IMAGE_EXTENSIONS = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".svg", ".ico", ".psd",
+                          ".dng", ".raw", ".cr2", ".nef", ".arw", ".pgm", ".ppm", ".pbm", ".tga")
 CSV_REQUIRED_COLUMNS = ("path", "target")
 CSV_OPTIONAL_COLUMNS = ("region", "label")
 NO_LABEL = -1  # in label and target arrays: none given
@@ -307,7 +314,8 @@ def _find_images(folder: str) -> list[str]:
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS +
+                                                                  OTHER_IMAGE_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
     return found
 
@@ -389,12 +397,11 @@ def _npz_pixels(images: np.ndarray, path: str, key: str):
         scale = 1.0
     elif np.issubdtype(kind, np.floating):
         scale = 1.0
-        finite = np.isfinite(images)
-        if not finite.all():
-            bad = np.flatnonzero(~finite.reshape(images.shape[0], -1).all(axis=1))
-            raise DataError(f"{path}: {key!r} holds NaN or infinite pixels in {bad.size} images "
-                            f"(first: index {int(bad[0])})")
-        low, high = float(images.min()), float(images.max())
+        nonfinite = ~np.isfinite(images).reshape(images.shape[0], -1).all(axis=1)
+        if nonfinite.all():
+            raise DataError(f"{path}: {key!r} holds NaN or infinite pixels in every image")
+        finite_images = images[~nonfinite] if nonfinite.any() else images
+        low, high = float(finite_images.min()), float(finite_images.max())
         if low < 0.0 or high > 1.0:
             raise DataError(f"{path}: float {key!r} must lie in [0, 1], found [{low:g}, {high:g}]; "
                             "store uint8 (0..255) or divide by the maximum")
@@ -402,7 +409,11 @@ def _npz_pixels(images: np.ndarray, path: str, key: str):
         raise DataError(f"{path}: {key!r} has dtype {kind}; expected uint8, uint16, bool or float "
                         "in [0, 1]")
 
+    bad = set(np.flatnonzero(nonfinite).tolist()) if np.issubdtype(kind, np.floating) else set()
+
     def pixels(i: int) -> np.ndarray:
+        if i in bad:  # one bad image is skipped, as a bad file in a folder is
+            raise _ExampleProblem(f"the image holds NaN or infinite pixels ({path}[{i}])")
         x = images[i].astype(np.float32) / scale
         if x.ndim == 2:
             x = x[..., None]

@@ -112,14 +112,14 @@ class Explainer:
             if kind == "class":
                 raise ValueError("target kind 'class' needs targets (one class index or name per image)")
             targets = np.full((b,), -1 if kind == "other" else 0, np.int32)
-        for t in targets:
-            if not (kind == "other" and t == -1):
-                self.classifier.check_target(int(t))
         if example_ids is None:
             example_ids = np.arange(b, dtype=np.int32)
         if regions is None:
             regions = np.ones((b, h, w, 1), np.float32)
         valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
+        for t in targets[valid]:  # rows that are not valid (padding) are never searched
+            if not (kind == "other" and t == -1):
+                self.classifier.check_target(int(t))
         arrays = dict(images=images, targets=targets, example_ids=example_ids, regions=regions,
                       valid=valid)
         if latents is not None:
@@ -136,6 +136,14 @@ class Explainer:
         if self.mesh is not None:
             batch = parallel.shard_batch(batch, self.mesh)
         return batch, b
+
+    def compile(self, batch: Batch, *, kind: str):
+        """Compiles the search for ``batch``'s shapes (arrays or ``jax.ShapeDtypeStruct``s).
+
+        Returns the ``jax.stages.Compiled`` (``memory_analysis()`` tells what it needs); later
+        calls on batches of that shape reuse the compilation.
+        """
+        return self.compiled(kind).lower(self.search_params, batch).compile()
 
     def explain_arrays(self, batch: Batch, *, kind: str) -> Explanation:
         """Runs the compiled search on a prepared batch (device arrays, no host transfer)."""

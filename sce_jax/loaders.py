@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import ml_collections
 
@@ -41,8 +43,12 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
         mean=tuple(float(v) for v in config.mean),
         std=tuple(float(v) for v in config.std))
     names = tuple(config.class_names) or None
-    return Classifier.from_nnx(model, preprocessing=preprocessing, head=config.head,
-                               class_names=names)
+    classifier = Classifier.from_nnx(model, preprocessing=preprocessing, head=config.head)
+    if names is not None and len(names) != classifier.num_outputs:
+        raise ValueError(f"classifier.class_names lists {len(names)} names but the classifier "
+                         f"{config.checkpoint} ({classifier.name}) has {classifier.num_outputs} "
+                         "outputs; give one name per output, or none")
+    return dataclasses.replace(classifier, class_names=names)
 
 
 def load_prior(config: ml_collections.ConfigDict) -> Prior | None:

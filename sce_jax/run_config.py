@@ -8,6 +8,7 @@ with its meaning; ml_collections refuses keys that are not (a typo fails before 
 from __future__ import annotations
 
 import copy
+import math
 
 import ml_collections
 
@@ -58,7 +59,9 @@ def base_run_config() -> ml_collections.ConfigDict:
 
     c.search = default_search_config()
 
-    c.batch_size = 8              # images per search call, per process
+    c.batch_size = 8              # images per batch and process (at most the process's share)
+    c.max_memory_gb = 0.0         # refuse a search needing more per device (0: the device's
+                                  # memory; on CPU the machine's RAM)
     c.output = ml_collections.ConfigDict()
     c.output.heatmaps = True      # write diff_*.png heat maps of the change
     c.output.masks = True         # write mask_*.png edit masks
@@ -100,6 +103,8 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
                         "targets.class_name")
     if config.batch_size < 1:
         problems.append(f"batch_size={config.batch_size}: must be >= 1")
+    if not (math.isfinite(config.max_memory_gb) and config.max_memory_gb >= 0):
+        problems.append(f"max_memory_gb={config.max_memory_gb}: must be a finite number >= 0")
     if config.data.channels not in (1, 3):
         problems.append(f"data.channels={config.data.channels}: must be 1 or 3")
     if len(tuple(config.data.image_size)) != 2:

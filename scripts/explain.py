@@ -34,31 +34,62 @@ Exit codes:
         source or weights that cannot be used, a target the classifier does not have, a
         read-only workdir); or a write that failed mid-run (a full disk): the batches already
         completed are kept and rerunning the same command resumes
-    75  stopped by SIGTERM (preemption) before the end: the batch in flight was finished and
-        the manifest written; rerun the same command to resume (EX_TEMPFAIL: "try again")
+    75  stopped by SIGTERM (preemption) or SIGINT (Ctrl-C) before the end, at any moment from
+        the start: the batch in flight was finished and the manifest written; rerun the same
+        command to resume (EX_TEMPFAIL: "try again"). A stop during the last batch leaves
+        nothing to resume: the run completes with 0
+    69  a multi-process run lost a process: one did not start or join within --peer_timeout
+        seconds, died, or stopped answering; the message names it. Batches completed are kept;
+        rerun every process (a scheduler may retry) to resume
     1   an unexpected error (a bug): traceback on stderr
 """
 
 import os
+import signal
 import sys
+import threading
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# First thing, before the imports and start-up that take seconds: SIGTERM (preemption) and
+# SIGINT (Ctrl-C) only ask the run to stop after the batch in flight (exit code 75).
+STOP = threading.Event()
+
+
+def _request_stop(signum, frame):
+    os.write(2, f"{signal.Signals(signum).name}: stopping after the batch in flight\n".encode())
+    STOP.set()
+
+
+for _signal in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_signal, _request_stop)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(ROOT, "sce_jax")):
     sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import command_line, compilation_cache, distributed, run  # noqa: E402  (imports jax; starts no backend)
+from sce_jax import collectives, command_line, compilation_cache, distributed, run  # noqa: E402  (imports jax; starts no backend)
 
 EXIT_COMPLETE = 0
 EXIT_USER_ERROR = 2
+EXIT_PEER_LOST = 69  # EX_UNAVAILABLE: another process is missing, dead or stuck; rerun all
 EXIT_STOPPED = 75
 
 
 
 _error = command_line.error
 _plain_message = command_line.plain_message
+
+
+def _leave_without_peers(code: int) -> int:
+    """Exits at once when another process is lost: JAX's exit handler would wait for it."""
+    if collectives.distributed_client() is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
 
 # --config by path or by shipped name (squares, squares:tiny); a missing file, a syntax error
 # or a refused argument is one error line here, before ml_collections loads it.
@@ -84,6 +115,9 @@ flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many proces
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process, 0..num_processes-1.")
 flags.DEFINE_integer("cpu_devices_per_process", None,
                      "Split each process's CPU into this many JAX devices (CPU runs only).")
+flags.DEFINE_float("peer_timeout", run.DEFAULT_PEER_TIMEOUT_S,
+                   "Multi-process runs: seconds to wait for the other processes at start-up and "
+                   "at every exchange; a process missing that long ends the run (exit code 69).")
 flags.DEFINE_string("compilation_cache", None,
                     "Folder for JAX's persistent compilation cache: a rerun, a resumed run and "
                     "every process of a multi-process run then load the compiled search instead "
@@ -110,13 +144,21 @@ def main(argv):
             compilation_cache.enable(FLAGS.compilation_cache)
         except compilation_cache.CompilationCacheError as e:
             return _error(e)
+    if not FLAGS.peer_timeout > 0:
+        return _error(f"--peer_timeout={FLAGS.peer_timeout}: must be a number of seconds > 0")
     try:  # before anything runs a JAX operation
         distributed.initialize_from_flags_or_env(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-            FLAGS.cpu_devices_per_process)
-        summary = run.explain_dataset(FLAGS.config, FLAGS.workdir)
-    except run.USER_ERRORS as e:
+            FLAGS.cpu_devices_per_process, initialization_timeout=FLAGS.peer_timeout)
+        summary = run.explain_dataset(FLAGS.config, FLAGS.workdir, state=run.RunState(stop=STOP),
+                                      peer_timeout=FLAGS.peer_timeout)
+    except run.USER_ERRORS as e:  # with several processes, all of them stop with it...
+        if getattr(e, "alone", False):  # ...except a write failed mid-run on this one only
+            return _leave_without_peers(_error(e))
         return _error(e)
+    except collectives.PeerLostError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return _leave_without_peers(EXIT_PEER_LOST)
     import jax  # already started above
 
     if jax.process_index() != 0:
