@@ -59,6 +59,7 @@ from absl import logging
 
 from sce_jax import data as data_lib
 from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_throughput
+from sce_jax import records as records_lib
 from sce_jax.collectives import Collectives, PeerFailedError, differing_keys
 from sce_jax.distributed import DistributedSetupError
 from sce_jax.example_files import example_folder, write_example_files
@@ -67,7 +68,6 @@ from sce_jax.loaders import load_classifier, load_generator, load_prior
 from sce_jax.progress import Progress, announce
 from sce_jax.record_names import named_fields
 from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
-from sce_jax.search import targets as target_lib
 from sce_jax.search.config import SearchConfigError, settings_from_config
 from sce_jax.search.engine import Batch as SearchBatch
 
@@ -607,18 +607,11 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
     result = jax.tree.map(lambda a: parallel.local_rows(a)[:size], result)
 
     # Validity on what is written: quantise to 8 bits and classify again.
-    k = result.image.shape[1]
     quantised = image_io.to_uint8(result.image)
-    flat = quantised.reshape((-1,) + quantised.shape[2:]).astype(np.float32) / 255.0
-    logits8 = np.asarray(logits_jit(classifier.params, flat)).reshape(size, k, -1)
-    target_rep = np.repeat(result.target, k)
-    value_rep = np.repeat(result.target_value, k)
-    reached8 = np.asarray(target_lib.target_reached(
-        jnp.asarray(logits8.reshape(size * k, -1)), jnp.asarray(target_rep), jnp.asarray(value_rep),
-        kind=kind, goal_probability=explainer.settings.goal_probability)).reshape(size, k)
-    prob8 = np.asarray(target_lib.target_probability(
-        jnp.asarray(logits8.reshape(size * k, -1)), jnp.asarray(target_rep), jnp.asarray(value_rep),
-        kind=kind)).reshape(size, k)
+    success8, prob8, decision8 = records_lib.judge_written(
+        lambda x: logits_jit(classifier.params, x), quantised, result, kind=kind,
+        goal_probability=explainer.settings.goal_probability)
+    record_kind = target_kind if target_kind in ("flip", "other") else "class"
 
     written_originals = set()
     for j in range(size):
@@ -626,58 +619,18 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         if not valid[i]:
             continue
         example_id = int(ids[i])
-        target = int(result.target[j])
         attempt_files = write_example_files(
-            writer.workdir, example_id, images[i], quantised[j], result.mask[j], target,
-            heatmaps=bool(config.output.heatmaps), write_masks=bool(config.output.masks),
-            write_original=example_id not in written_originals)
+            writer.workdir, example_id, images[i], quantised[j], result.mask[j],
+            int(result.target[j]), heatmaps=bool(config.output.heatmaps),
+            write_masks=bool(config.output.masks), write_original=example_id not in written_originals)
         written_originals.add(example_id)
-        for a in range(k):
-            files = attempt_files[a]
-            change = np.abs(quantised[j, a].astype(np.float32) / 255.0 - images[i]).max(-1)
-            records.append({
-                "example_id": example_id, "source": batch.sources[i],
-                "label": _label(batch.labels[i]),
-                "status": "ok", "reason": None,
-                "prediction": int(result.prediction[j]),
-                "prob_prediction": float(result.prob_prediction[j]),
-                "target": target, "target_kind": config.targets.kind if config.targets.kind in ("flip", "other") else "class",
-                "attempt": a,
-                "success": bool(reached8[j, a] and not result.nonfinite[j, a]),
-                "success_float": bool(result.success[j, a]),
-                "nonfinite": bool(result.nonfinite[j, a]),
-                "steps": int(result.steps[j, a]),
-                "prob_target_before": float(result.prob_before[j]),
-                "near_boundary": bool(result.near_boundary[j]),
-                "no_second_reason": bool(result.no_second_reason[j, a]),
-                "outcome": outcome(bool(reached8[j, a] and not result.nonfinite[j, a]),
-                                   bool(result.near_boundary[j]),
-                                   bool(result.no_second_reason[j, a])),
-                "prob_target_after": float(prob8[j, a]),
-                "prediction_after": int(np.argmax(logits8[j, a])),
-                "latent_l1": float(result.latent_l1[j, a]), "latent_l2": float(result.latent_l2[j, a]),
-                "pixel_l1": float(result.pixel_l1[j, a]), "pixel_l2": float(result.pixel_l2[j, a]),
-                "changed_fraction": float(np.mean(change > 2.0 / 255.0)),
-                "files": files,
-            })
+        for a in range(result.image.shape[1]):
+            records.append(records_lib.counterfactual_record(
+                result, j, a, example_id=example_id, source=batch.sources[i],
+                label=_label(batch.labels[i]), target_kind=record_kind, success8=success8[j, a],
+                prob8=prob8[j, a], decision8=decision8[j, a], original=images[i],
+                quantised=quantised[j, a], files=attempt_files[a]))
     return records
-
-
-OUTCOMES = ("found", "not_found", "near_boundary", "no_second_reason")
-
-
-def outcome(success: bool, near_boundary: bool, no_second_reason: bool) -> str:
-    """What a counterfactual record means for a reader (the manifest's ``outcome``).
-
-    ``near_boundary``: the original was already within the search's boundary margin, so
-    whatever flipped it is no explanation; ``no_second_reason``: a later attempt could only
-    flip the decision with a spot in empty background; else ``found`` / ``not_found``.
-    """
-    if near_boundary:
-        return "near_boundary"
-    if no_second_reason:
-        return "no_second_reason"
-    return "found" if success else "not_found"
 
 
 def _skip_record(skip, label: int | None = None) -> dict[str, Any]:

@@ -22,14 +22,12 @@ import os
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from sce_jax import api_inputs, image_io, report, results_table
+from sce_jax import api_inputs, image_io, records, report, results_table
 from sce_jax.classifier import Classifier
 from sce_jax.example_files import write_example_files
 from sce_jax.record_names import with_names
-from sce_jax.search import targets as target_lib
 
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
@@ -41,21 +39,6 @@ def infer_kind(result, classifier: Classifier | None) -> str:
     if classifier is not None and classifier.head == "multilabel":
         return "flip"
     return "other" if np.array_equal(np.asarray(result.target), np.asarray(result.prediction)) else "class"
-
-
-def _judged_on_written(quantised: np.ndarray, result, classifier: Classifier, kind: str,
-                       goal_probability: float):
-    """(success (B, K), p(target) (B, K), decision (B, K)) of the 8-bit images."""
-    b, k = quantised.shape[:2]
-    flat = quantised.reshape((b * k,) + quantised.shape[2:]).astype(np.float32) / 255.0
-    logits = jnp.asarray(classifier.logits(flat))
-    target = jnp.asarray(np.repeat(np.asarray(result.target), k))
-    value = jnp.asarray(np.repeat(np.asarray(result.target_value), k))
-    reached = target_lib.target_reached(logits, target, value, kind=kind,
-                                        goal_probability=goal_probability)
-    prob = target_lib.target_probability(logits, target, value, kind=kind)
-    return (np.asarray(reached).reshape(b, k), np.asarray(prob).reshape(b, k),
-            np.asarray(jnp.argmax(logits, -1)).reshape(b, k))
 
 
 def save_explanation(result, images, out_dir: str, *, classifier: Classifier | None = None,
@@ -86,50 +69,35 @@ def save_explanation(result, images, out_dir: str, *, classifier: Classifier | N
     names = classifier.class_names if classifier is not None else None
     quantised = image_io.to_uint8(result.image)
     if classifier is not None:
-        success, prob_after, decision_after = _judged_on_written(quantised, result, classifier, kind,
-                                                                 goal_probability)
+        success, prob_after, decision_after = records.judge_written(
+            classifier.logits, quantised, result, kind=kind, goal_probability=goal_probability)
     else:
         success, prob_after, decision_after = result.success, result.prob_after, result.prediction_after
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    records = []
+    written = []
     for i in range(b):
         attempt_files = write_example_files(out_dir, int(ids[i]), images[i], quantised[i],
                                             result.mask[i], int(result.target[i]))
         for a in range(k):
-            change = np.abs(quantised[i, a].astype(np.float32) / 255.0 - images[i]).max(-1)
-            records.append(with_names({
-                "example_id": int(ids[i]), "source": f"images[{i}]", "label": labels[i],
-                "status": "ok", "reason": None,
-                "prediction": int(result.prediction[i]),
-                "prob_prediction": float(result.prob_prediction[i]),
-                "target": int(result.target[i]), "target_kind": kind,
-                "target_value": int(result.target_value[i]) if kind == "flip" else None,
-                "attempt": a,
-                "success": bool(success[i, a] and not result.nonfinite[i, a]),
-                "success_float": bool(result.success[i, a]),
-                "nonfinite": bool(result.nonfinite[i, a]), "steps": int(result.steps[i, a]),
-                "prob_target_before": float(result.prob_before[i]),
-                "prob_target_after": float(prob_after[i, a]),
-                "prediction_after": int(decision_after[i, a]),
-                "latent_l1": float(result.latent_l1[i, a]), "latent_l2": float(result.latent_l2[i, a]),
-                "pixel_l1": float(result.pixel_l1[i, a]), "pixel_l2": float(result.pixel_l2[i, a]),
-                "changed_fraction": float(np.mean(change > 2.0 / 255.0)),
-                "files": attempt_files[a],
-            }, names))
+            written.append(with_names(records.counterfactual_record(
+                result, i, a, example_id=int(ids[i]), source=f"images[{i}]", label=labels[i],
+                target_kind=kind, success8=success[i, a], prob8=prob_after[i, a],
+                decision8=decision_after[i, a], original=images[i], quantised=quantised[i, a],
+                files=attempt_files[a]), names))
     _write_text(os.path.join(out_dir, MANIFEST),
-                "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    _write_text(os.path.join(out_dir, SUMMARY), json.dumps(_summary(records), indent=2, sort_keys=True))
-    results_table.write_results_csv(out_dir, records)
+                "".join(json.dumps(r, sort_keys=True) + "\n" for r in written))
+    _write_text(os.path.join(out_dir, SUMMARY), json.dumps(_summary(written), indent=2, sort_keys=True))
+    results_table.write_results_csv(out_dir, written)
     if write_report:
         report.write_report(out_dir, class_names=names)
     return out_dir
 
 
-def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(written: list[dict[str, Any]]) -> dict[str, Any]:
     from sce_jax.run import summarise  # the dataset run's summary, without its throughput
 
-    summary = summarise(records, elapsed=0.0, new_counterfactuals=0)
+    summary = summarise(written, elapsed=0.0, new_counterfactuals=0)
     for key in ("counterfactuals_per_second", "elapsed_seconds"):
         summary.pop(key, None)
     summary["complete"] = True
