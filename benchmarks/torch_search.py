@@ -3,7 +3,7 @@
 This is the benchmark's reference: the same algorithm, step for step, as a careful PyTorch
 user would write it around diffusers' ``AutoencoderKL`` and a torch classifier, so that the
 throughput of sce_jax can be compared with it on the same models, weights and settings.
-It follows DESIGN.md section 2 exactly as ``sce_jax.search`` implements it:
+It follows the method exactly as ``sce_jax.search`` implements it:
 
 output image   ``x_cf = clip(x + m (D(z) - D(z0)), 0, 1)`` (residual; blend and decoded too)
 loss           ``cls(f(x_cf) / T, t) + l1 mean|z - z0| + l2 sqrt(||z - z0||^2 + 1e-12)

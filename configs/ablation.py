@@ -69,7 +69,7 @@ def full(c):
 
 
 def no_smoothing(c):
-    """The plain gradient: smoothing off (one sample, no noise; DESIGN.md 2.4).
+    """The plain gradient: smoothing off (one sample, no noise).
 
     python scripts/explain.py --config=configs/ablation.py:no_smoothing --workdir=runs/ablation/no_smoothing
     """
@@ -85,7 +85,7 @@ def latent_smoothing(c):
 
 
 def no_mask(c):
-    """No edit mask (DESIGN.md 2.6): every latent cell may change through the whole search.
+    """No edit mask: every latent cell may change through the whole search.
 
     python scripts/explain.py --config=configs/ablation.py:no_mask --workdir=runs/ablation/no_mask
     """
@@ -93,7 +93,7 @@ def no_mask(c):
 
 
 def no_lock(c):
-    """No diversification lock (DESIGN.md 2.7): attempt k may change what attempts < k changed.
+    """No diversification lock: attempt k may change what attempts < k changed.
 
     python scripts/explain.py --config=configs/ablation.py:no_lock --workdir=runs/ablation/no_lock
     """
@@ -101,7 +101,7 @@ def no_lock(c):
 
 
 def single_attempt(c):
-    """One attempt per (image, target): no diversification (DESIGN.md 2.7) and no diversity.
+    """One attempt per (image, target): no diversification and no diversity.
 
     python scripts/explain.py --config=configs/ablation.py:single_attempt --workdir=runs/ablation/single_attempt
     """

@@ -1,4 +1,4 @@
-"""The search engine on toy models with known answers (DESIGN.md section 2)."""
+"""The search engine on toy models with known answers."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Evaluation of finished runs: the desiderata of DESIGN.md section 3, tables and plots.
+"""Evaluation of finished runs: the desiderata, tables and plots.
 
 - :mod:`~sce_jax.evaluation.protocol`: :func:`evaluate_workdirs` (what ``scripts/evaluate.py``
   calls), :func:`evaluate_workdir`, :class:`EvaluationOptions`;

@@ -1,4 +1,4 @@
-"""The desiderata (DESIGN.md section 3) of one run's written counterfactuals, as arrays.
+"""The desiderata (validity, proximity, sparsity, diversity, realism, ...) of one run's written counterfactuals, as arrays.
 
 Row ``i`` of every array is produced record ``i`` of :class:`~sce_jax.evaluation.run_outputs.
 RunOutputs`. Each function hands the arrays to the metric modules of :mod:`sce_jax.metrics`,

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from sce_jax import image_io
 
-# (key, Markdown header, format): the desiderata of DESIGN.md section 3 in its order.
+# (key, Markdown header, format): the desiderata in their usual order.
 COLUMNS = (
     ("run", "run", "text"),
     ("num_images", "images", "int"),

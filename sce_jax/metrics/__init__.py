@@ -1,4 +1,4 @@
-"""The desiderata of counterfactual explanations (DESIGN.md section 3), per counterfactual.
+"""The desiderata of counterfactual explanations, per counterfactual.
 
 - :mod:`~sce_jax.metrics.validity`: flip rate on the 8-bit counterfactual.
 - :mod:`~sce_jax.metrics.proximity`: L1 / L2 distances in pixels and latents.

@@ -1,4 +1,4 @@
-"""The counterfactual search (DESIGN.md section 2): objectives, smoothing, masks, the loop."""
+"""The counterfactual search: objectives, smoothing, masks, the loop."""
 
 from sce_jax.search.config import (SearchConfigError, SearchSettings, default_search_config,
                                    settings_from_config)

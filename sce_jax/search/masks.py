@@ -1,7 +1,7 @@
 """Edit masks: where a counterfactual may change (pixel and latent grids).
 
 Masks are float arrays of shape (B, H, W, 1) in pixels or (B, h, w, 1) in latents, 1 where the
-image may change. The edit mask of a search step (DESIGN.md section 2.6) is::
+image may change. The edit mask of a search step is::
 
     d    = sum_c |D(z) - x0| * allowed       change map of the current reconstruction
                                              (inside the area that may change)

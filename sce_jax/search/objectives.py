@@ -1,12 +1,12 @@
 """The image the classifier judges, and the proximity terms of the search objective.
 
-Output image (DESIGN.md section 2.2), with ``m`` the soft edit mask and ``x0 = D(z0)``::
+Output image, with ``m`` the soft edit mask and ``x0 = D(z0)``::
 
     residual:  x_cf = clip(x + m * (D(z) - x0), 0, 1)     keeps what the autoencoder cannot
     blend:     x_cf = clip(x + m * (D(z) - x), 0, 1)
     decoded:   x_cf = clip(D(z), 0, 1)
 
-Objective (section 2.3), per example::
+Objective, per example::
 
     L(z) = cls(f(x_cf(z)) / T, t) + l1 * mean|z - z0| + l2 * ||z - z0||_2 + pixel_l1 * mean|x_cf - x|
 """

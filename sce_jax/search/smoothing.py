@@ -1,4 +1,4 @@
-"""Smoothed gradients of the search objective (DESIGN.md section 2.4).
+"""Smoothed gradients of the search objective.
 
 With ``g(x) = cls(f(x) / T, t)`` the classification loss of an image and ``x_cf(z)`` the output
 image, the smoothed objective is ``E_eps[g(x_cf(z) + sigma eps)]`` (pixel space) or

@@ -1,4 +1,4 @@
-"""Per-example gradient processing and the optax optimizer (DESIGN.md section 2.5).
+"""Per-example gradient processing and the optax optimizer.
 
 Every operation acts on each example alone; nothing couples the examples of a batch:
 
