@@ -4,7 +4,7 @@ A diffusers *model folder* holds ``config.json`` (with ``_class_name``) and the 
 ``diffusion_pytorch_model.safetensors`` (or ``.bin``; or a variant such as
 ``diffusion_pytorch_model.fp16.safetensors``; or shards listed in
 ``diffusion_pytorch_model.safetensors.index.json``). A *pipeline folder* holds one model folder
-per component; the autoencoder is its ``vae/``.
+per component; the autoencoder is its ``vae/``, the SD3 / FLUX transformer its ``transformer/``.
 
 :func:`resolve_model_dir` accepts a model folder, a pipeline folder, or a Hugging Face repo id,
 which is looked up in the local Hugging Face cache **only** -- nothing is ever downloaded. The
@@ -155,8 +155,10 @@ def resolve_model_dir(path_or_repo_id: str | os.PathLike, *, subfolder: str | No
         f"it holds {present}")
 
 
-def read_model_config(model_dir: str, *, class_name: str) -> dict[str, Any]:
-    """The parsed ``config.json`` of ``model_dir``; its ``_class_name`` must be ``class_name``."""
+def read_model_config(model_dir: str, *, class_name: str,
+                      default_subfolder: str = "vae") -> dict[str, Any]:
+    """The parsed ``config.json`` of ``model_dir``; its ``_class_name`` must be ``class_name``
+    (``default_subfolder``: the pipeline component the hint of the error names)."""
     path = os.path.join(model_dir, CONFIG_NAME)
     try:
         with open(path) as f:
@@ -173,8 +175,9 @@ def read_model_config(model_dir: str, *, class_name: str) -> dict[str, Any]:
         if found in ("AutoencoderKL", "AutoencoderTiny"):
             module = "autoencoder_kl" if found == "AutoencoderKL" else "autoencoder_tiny"
             hint = f"; load it with sce_jax.models.{module}.{found}"
-        elif os.path.basename(os.path.normpath(model_dir)) != "vae":
-            hint = "; for a pipeline, point to the pipeline folder or its vae/ folder"
+        elif os.path.basename(os.path.normpath(model_dir)) != default_subfolder:
+            hint = (f"; for a pipeline, point to the pipeline folder or its "
+                    f"{default_subfolder}/ folder")
         raise DiffusersDirError(
             f"{path}: describes a model of class {found} (its _class_name), not {class_name}{hint}")
     return config
@@ -247,6 +250,7 @@ def load_diffusers_model(
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     subfolder: str | None = None,
+    default_subfolder: str = "vae",
     revision: str = "main",
     variant: str | None = None,
     rename: Callable[[str], str] | None = None,
@@ -261,10 +265,13 @@ def load_diffusers_model(
       cls: the port class (``config_class`` attribute, ``cls(config, *, rngs, dtype,
         param_dtype)`` constructor).
       class_name: the diffusers class the folder's ``config.json`` must name.
+      default_subfolder: the pipeline component to use when ``path_or_repo_id`` is a pipeline
+        folder (``vae`` for autoencoders, ``transformer`` for the SD3 / FLUX transformers).
       rename: maps legacy checkpoint key names to current ones (see the port's module).
     """
-    model_dir = resolve_model_dir(path_or_repo_id, subfolder=subfolder, revision=revision)
-    raw = read_model_config(model_dir, class_name=class_name)
+    model_dir = resolve_model_dir(path_or_repo_id, subfolder=subfolder,
+                                  default_subfolder=default_subfolder, revision=revision)
+    raw = read_model_config(model_dir, class_name=class_name, default_subfolder=default_subfolder)
     where = f"{class_name} config {os.path.join(model_dir, CONFIG_NAME)}"
     try:
         config = config_from_dict(cls.config_class, raw, what=where)
