@@ -131,8 +131,9 @@ def sincos_position_embedding(dim: int, grid_size: int, base_size: int) -> np.nd
     """diffusers' ``get_2d_sincos_pos_embed(dim, grid_size, base_size)``, (grid^2, dim) float32.
 
     Positions ``pos = i * base_size / grid_size`` along each axis; per axis
-    ``[sin(pos w), cos(pos w)]`` with ``w_k = 10000^(-k / (dim / 4))``, k < dim / 4; the row
-    (height) half first, then the column half; row-major over the grid.
+    ``[sin(pos w), cos(pos w)]`` with ``w_k = 10000^(-k / (dim / 4))``, k < dim / 4; the
+    column (width) half first, then the row half, as diffusers' ``meshgrid(w, h, "xy")``
+    orders them; row-major over the grid.
     """
     pos = np.arange(grid_size, dtype=np.float64) / (grid_size / base_size)
     omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
@@ -142,7 +143,7 @@ def sincos_position_embedding(dim: int, grid_size: int, base_size: int) -> np.nd
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
     rows, cols = np.meshgrid(pos, pos, indexing="ij")
-    return np.concatenate([axis(rows), axis(cols)], axis=1).astype(np.float32)
+    return np.concatenate([axis(cols), axis(rows)], axis=1).astype(np.float32)
 
 
 class PatchEmbed(nnx.Module):

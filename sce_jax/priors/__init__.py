@@ -1,0 +1,1 @@
+"""Adapters that turn ported generative transformers into :class:`sce_jax.prior.Prior`."""
