@@ -45,7 +45,8 @@ from flax import nnx
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.transformer_layers import (QK_NORMS, AdaLayerNormContinuous,
                                                AdaLayerNormZero, Attention, FeedForward,
-                                               layer_norm, modulate, timestep_embedding)
+                                               layer_norm, linear, modulate,
+                                               timestep_embedding)
 from sce_jax.models.vae_blocks import LayerFactory
 
 Array = jax.Array
@@ -181,8 +182,8 @@ class TimestepEmbedding(nnx.Module):
     """diffusers ``TimestepEmbedding(256, D)``: ``linear_2(silu(linear_1(x)))``."""
 
     def __init__(self, in_channels: int, dim: int, *, make: LayerFactory):
-        self.linear_1 = make.linear(in_channels, dim)
-        self.linear_2 = make.linear(dim, dim)
+        self.linear_1 = linear(make, in_channels, dim)
+        self.linear_2 = linear(make, dim, dim)
 
     def __call__(self, x: Array) -> Array:
         return self.linear_2(jax.nn.silu(self.linear_1(x)))
@@ -286,7 +287,7 @@ class SD3Transformer2DModel(nnx.Module):
         self.pos_embed = PatchEmbed(config, make=make)
         self.time_text_embed = CombinedTimestepTextProjEmbeddings(
             d, config.pooled_projection_dim, make=make)
-        self.context_embedder = make.linear(config.joint_attention_dim,
+        self.context_embedder = linear(make, config.joint_attention_dim,
                                             config.caption_projection_dim)
         self.transformer_blocks = nnx.List([
             JointTransformerBlock(config, context_pre_only=i == config.num_layers - 1,
@@ -294,7 +295,7 @@ class SD3Transformer2DModel(nnx.Module):
             for i in range(config.num_layers)])
         self.norm_out = AdaLayerNormContinuous(d, d, make=make)
         p = config.patch_size
-        self.proj_out = make.linear(d, p * p * config.output_channels)
+        self.proj_out = linear(make, d, p * p * config.output_channels)
 
     def __call__(self, hidden_states: Array, encoder_hidden_states: Array,
                  pooled_projections: Array, timestep: Array) -> Array:

@@ -29,6 +29,19 @@ Array = jax.Array
 LAYER_NORM_EPS = 1e-6  # every norm of diffusers' SD3 blocks uses eps = 1e-6
 
 
+def linear(make: LayerFactory, in_features: int, out_features: int) -> nnx.Linear:
+    """``nn.Linear(in, out)`` computing in ``make.dtype`` and accumulating in float32::
+
+        y = dot(x.astype(dtype), W.astype(dtype), accumulate float32) + b     (float32 out)
+
+    With bfloat16 operands XLA:CPU then runs the product on the bfloat16 matrix units (AMX)
+    instead of upcasting both operands to float32 on every call (weights included), and GPUs
+    accumulate in float32 as they would anyway; for float32 it is the plain product.
+    """
+    return nnx.Linear(in_features, out_features, dtype=make.dtype, param_dtype=make.param_dtype,
+                      preferred_element_type=jnp.float32, rngs=make.rngs)
+
+
 def layer_norm(x: Array, eps: float = LAYER_NORM_EPS) -> Array:
     """``nn.LayerNorm(dim, elementwise_affine=False)`` over the last axis, in float32::
 
@@ -100,7 +113,7 @@ class GELU(nnx.Module):
     """diffusers ``GELU(dim_in, dim_out, approximate="tanh")``: ``gelu_tanh(proj(x))``."""
 
     def __init__(self, dim_in: int, dim_out: int, *, make: LayerFactory):
-        self.proj = make.linear(dim_in, dim_out)
+        self.proj = linear(make, dim_in, dim_out)
 
     def __call__(self, x: Array) -> Array:
         return jax.nn.gelu(self.proj(x), approximate=True)
@@ -116,7 +129,7 @@ class FeedForward(nnx.Module):
                  make: LayerFactory):
         inner = dim * mult
         self.net = nnx.List([GELU(dim, inner, make=make), Identity(),
-                             make.linear(inner, dim_out or dim)])
+                             linear(make, inner, dim_out or dim)])
 
     def __call__(self, x: Array) -> Array:
         for layer in self.net:
@@ -134,7 +147,7 @@ class AdaLayerNormZero(nnx.Module):
 
     def __init__(self, dim: int, *, chunks: int = 6, make: LayerFactory):
         self.chunks = chunks
-        self.linear = make.linear(dim, chunks * dim)
+        self.linear = linear(make, dim, chunks * dim)
 
     def __call__(self, emb: Array) -> list[Array]:
         params = self.linear(jax.nn.silu(emb)).astype(jnp.float32)
@@ -149,7 +162,7 @@ class AdaLayerNormContinuous(nnx.Module):
     """
 
     def __init__(self, dim: int, conditioning_dim: int, *, make: LayerFactory):
-        self.linear = make.linear(conditioning_dim, 2 * dim)
+        self.linear = linear(make, conditioning_dim, 2 * dim)
 
     def __call__(self, x: Array, conditioning: Array) -> Array:
         params = self.linear(jax.nn.silu(conditioning)).astype(jnp.float32)
@@ -178,23 +191,23 @@ class Attention(nnx.Module):
                  added_kv: bool, context_pre_only: bool = False, make: LayerFactory):
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
-        self.to_q = make.linear(dim, inner)
-        self.to_k = make.linear(dim, inner)
-        self.to_v = make.linear(dim, inner)
+        self.to_q = linear(make, dim, inner)
+        self.to_k = linear(make, dim, inner)
+        self.to_v = linear(make, dim, inner)
         norm = QK_NORMS[qk_norm] if qk_norm is not None else None
         self.norm_q = norm(head_dim, make) if norm else None
         self.norm_k = norm(head_dim, make) if norm else None
         if added_kv:
-            self.add_q_proj = make.linear(dim, inner)
-            self.add_k_proj = make.linear(dim, inner)
-            self.add_v_proj = make.linear(dim, inner)
+            self.add_q_proj = linear(make, dim, inner)
+            self.add_k_proj = linear(make, dim, inner)
+            self.add_v_proj = linear(make, dim, inner)
             self.norm_added_q = norm(head_dim, make) if norm else None
             self.norm_added_k = norm(head_dim, make) if norm else None
         else:
             self.add_q_proj = self.add_k_proj = self.add_v_proj = None
             self.norm_added_q = self.norm_added_k = None
-        self.to_out = nnx.List([make.linear(inner, dim)])  # to_out.1 is a dropout
-        self.to_add_out = make.linear(inner, dim) if added_kv and not context_pre_only else None
+        self.to_out = nnx.List([linear(make, inner, dim)])  # to_out.1 is a dropout
+        self.to_add_out = linear(make, inner, dim) if added_kv and not context_pre_only else None
 
     def _heads(self, x: Array, proj: nnx.Linear, norm: nnx.Module | None) -> Array:
         b, t, _ = x.shape
