@@ -127,7 +127,8 @@ def cost_rows(sizes=(256, 512), dtypes=("float32", "bfloat16"), *, blocks: int =
     Returns:
       dicts with image, latent, tokens, dtype, blocks, jax_ms, torch_ms, ratio (jax / torch),
       compile_s, full_jax_ms, full_torch_ms (extrapolated), params_measured, params_full,
-      jax_peak_mb, torch_peak_mb, xla_temp_mb (per forward of ``batch`` images),
+      jax_peak_mb, torch_peak_mb, xla_temp_mb (per forward of ``batch`` images), full_gflop
+      (XLA's FLOP count of the measured blocks, extrapolated likewise),
       max_rel_diff (max |jax - torch| / max(1, max |torch|)).
     """
     import diffusers
@@ -160,6 +161,9 @@ def cost_rows(sizes=(256, 512), dtypes=("float32", "bfloat16"), *, blocks: int =
             compiled = forward.lower(params, *args).compile()
             compile_s = time.perf_counter() - start
             memory = compiled.memory_analysis()
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            flops = float((cost or {}).get("flops", 0.0)) or None
             result = []
             jax_peak = peak_rss_during(lambda: result.append(
                 np.asarray(jax.block_until_ready(compiled(params, *args)))))
@@ -190,6 +194,7 @@ def cost_rows(sizes=(256, 512), dtypes=("float32", "bfloat16"), *, blocks: int =
                 jax_peak_mb=None if jax_peak is None else jax_peak * MB,
                 torch_peak_mb=None if torch_peak is None else torch_peak * MB,
                 xla_temp_mb=getattr(memory, "temp_size_in_bytes", 0) * MB,
+                full_gflop=None if flops is None else flops * full_blocks / blocks / 1e9,
                 max_rel_diff=float(np.abs(out - expected).max()
                                    / max(1.0, np.abs(expected).max()))))
     return rows
@@ -233,8 +238,8 @@ def markdown(rows: list[dict], *, note: str = "") -> str:
         lines.append(f"- note: {note}")
     lines += ["", "| image | latent | tokens | dtype | sce_jax ms | diffusers ms | sce_jax / "
               "diffusers | full model ms, extrapolated (sce_jax / diffusers) | compile s | "
-              "peak MB (sce_jax / diffusers) | XLA temp MB | max rel diff |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "peak MB (sce_jax / diffusers) | XLA temp MB | full model GFLOP | max rel diff |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['image']}x{r['image']} | {r['latent']}x{r['latent']}x16 | {r['tokens']} + "
@@ -242,7 +247,7 @@ def markdown(rows: list[dict], *, note: str = "") -> str:
             f"{r['ratio']:.2f}x | {r['full_jax_ms'] / 1e3:.1f} s / {r['full_torch_ms'] / 1e3:.1f} s"
             f" | {r['compile_s']:.1f} | {_fmt(r['jax_peak_mb'], '.0f')} / "
             f"{_fmt(r['torch_peak_mb'], '.0f')} | {r['xla_temp_mb']:.0f} | "
-            f"{r['max_rel_diff']:.1e} |")
+            f"{_fmt(r['full_gflop'], '.0f')} | {r['max_rel_diff']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
