@@ -7,7 +7,7 @@
 
 The text encoders (CLIP-L, CLIP-G, and T5-XXL when the pipeline has it) run once, in PyTorch,
 through diffusers' ``StableDiffusion3Pipeline.encode_prompt``; the transformer and the VAE are
-not loaded. Needs ``torch``, ``diffusers`` and ``transformers`` (optional: explaining does not).
+not loaded (without T5 the zero padding's width is read from ``transformer/config.json``). Needs ``torch``, ``diffusers`` and ``transformers`` (optional: explaining does not).
 The .npz holds ``encoder_hidden_states`` (1, L, 4096) and ``pooled_projections`` (1, 2048),
 float32, plus the prompt and the folder; ``sce_jax.priors.prompt_embeddings`` reads it back.
 Nothing is downloaded.
@@ -16,8 +16,10 @@ Exit codes: 0 written; 2 a missing or unusable folder, missing PyTorch / diffuse
 transformers, or a file that cannot be written (one ``error: ...`` line).
 """
 
+import json
 import os
 import sys
+import types
 
 from absl import app, flags
 
@@ -43,6 +45,8 @@ def _error(message) -> int:
 
 def _import_torch_diffusers():
     """(torch, StableDiffusion3Pipeline), or a message naming what is missing."""
+    # transformers >= 5 may fetch layer kernels from the hub when loading; nothing is fetched here.
+    os.environ.setdefault("USE_HUB_KERNELS", "0")
     try:
         import torch
         import diffusers
@@ -64,9 +68,23 @@ def encode(pipeline_dir: str, prompt: str, *, max_sequence_length: int, device: 
     if problem:
         raise ImportError(problem)
     torch, pipeline_class = modules
-    pipe = pipeline_class.from_pretrained(pipeline_dir, transformer=None, vae=None,
+    with open(os.path.join(pipeline_dir, PIPELINE_INDEX)) as f:
+        index = json.load(f)
+    # Components the folder does not have (T5 dropped, say) are passed as None, as diffusers
+    # asks; the transformer and the VAE are not needed to encode a prompt.
+    absent = {k: None for k, v in index.items()
+              if not k.startswith("_") and isinstance(v, list) and v and v[0] is None}
+    pipe = pipeline_class.from_pretrained(pipeline_dir, **{**absent, "transformer": None,
+                                                           "vae": None},
                                           local_files_only=True, torch_dtype=torch.float32)
     pipe = pipe.to(device)
+    if pipe.text_encoder_3 is None:
+        # Without T5 diffusers pads with zeros of the transformer's joint_attention_dim, read
+        # from transformer/config.json instead of loading the transformer.
+        with open(os.path.join(pipeline_dir, "transformer", "config.json")) as f:
+            joint = json.load(f)["joint_attention_dim"]
+        stand_in = types.SimpleNamespace(config=types.SimpleNamespace(joint_attention_dim=joint))
+        object.__setattr__(pipe, "transformer", stand_in)
     with torch.no_grad():
         prompt_embeds, _, pooled, _ = pipe.encode_prompt(
             prompt=prompt, prompt_2=None, prompt_3=None, device=torch.device(device),
@@ -94,7 +112,7 @@ def main(argv):
     try:
         hidden, pooled = encode(folder, FLAGS.prompt, max_sequence_length=FLAGS.max_sequence_length,
                                 device=FLAGS.device)
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, ImportError) as e:
         return _error(f"--pipeline={FLAGS.pipeline}: cannot encode with this folder's text "
                       f"encoders: {type(e).__name__}: {e}")
     try:

@@ -1,7 +1,9 @@
 """Prompt-embeddings files (the SD3 prior's context) and scripts/encode_prompt.py's errors.
 
-The script's encoding itself needs the SD3 text encoders (transformers); these tests cover the
-file format it writes and reads and every way the script refuses to start.
+The file format the script writes and the library reads, every way the script refuses to start,
+and the script end to end on a tiny random pipeline folder (two CLIP encoders, T5 dropped)
+against diffusers' own ``encode_prompt`` -- that one only where transformers is installed,
+which requirements-test.txt does not ask for.
 """
 
 import os
@@ -117,3 +119,25 @@ def test_script_without_transformers_says_what_to_install(tmp_path):
     (tmp_path / "model_index.json").write_text("{}")
     assert_one_error_line(run_script(f"--pipeline={tmp_path}", f"--out={tmp_path}/e.npz"),
                           "needs transformers for the SD3 text encoders")
+
+
+def test_script_writes_what_diffusers_encodes(tmp_path, monkeypatch):
+    """End to end on a tiny pipeline (CLIP encoders, T5 dropped); needs transformers."""
+    monkeypatch.setenv("USE_HUB_KERNELS", "0")  # transformers >= 5: no kernels from the hub
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from tests.sd3_pipeline_folder import write_tiny_sd3_pipeline
+    folder = write_tiny_sd3_pipeline(str(tmp_path / "pipe"), text_encoders=True)
+    result = run_script(f"--pipeline={folder}", f"--out={tmp_path}/e.npz", "--prompt=a dress")
+    assert result.returncode == 0, result.stderr
+    loaded = load_prompt_embeddings(tmp_path / "e.npz")
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(
+        folder, text_encoder_3=None, tokenizer_3=None, vae=None, local_files_only=True)
+    with torch.no_grad():
+        hidden, _, pooled, _ = pipe.encode_prompt("a dress", None, None,
+                                                  do_classifier_free_guidance=False)
+    assert loaded["encoder_hidden_states"].shape == (1, 77 + 256, 32)
+    np.testing.assert_array_equal(loaded["encoder_hidden_states"], hidden.numpy())
+    np.testing.assert_array_equal(loaded["pooled_projections"], pooled.numpy())
+    assert str(np.load(tmp_path / "e.npz")["prompt"]) == "a dress"
