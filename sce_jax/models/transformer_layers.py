@@ -170,6 +170,22 @@ class AdaLayerNormContinuous(nnx.Module):
         return modulate(layer_norm(x), shift, scale)
 
 
+def dot_product_attention(q: Array, k: Array, v: Array) -> Array:
+    """Multi-head attention over ``(B, T, N, H)`` queries and ``(B, S, N, H)`` keys/values::
+
+        a = softmax(q k^T / sqrt(H)) v        (logits, softmax and both sums in float32)
+
+    Both products take operands in the inputs' dtype and accumulate in float32 (bfloat16
+    operands run on XLA:CPU's bfloat16 matrix units; ``jax.nn.dot_product_attention``'s XLA
+    path upcasts the second product's operands instead). Returns ``(B, T, N, H)`` in q's dtype.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bnts,bsnh->btnh", probs, v, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype)
+
+
 class Attention(nnx.Module):
     """diffusers ``Attention`` with ``JointAttnProcessor2_0``: self-attention over the image
     tokens, joined (when ``added_kv``) by the context tokens' own projections::
@@ -226,8 +242,7 @@ class Attention(nnx.Module):
             v = jnp.concatenate([v, self._heads(context, self.add_v_proj, None)], 1)
         dtype = self.to_q.dtype or jnp.float32
         q, k, v = (a.astype(dtype) for a in (q, k, v))
-        # (B, T, N, H) layout; XLA's implementation takes the logits and softmax in float32.
-        a = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(self.head_dim))
+        a = dot_product_attention(q, k, v)
         a = a.reshape(a.shape[0], a.shape[1], self.heads * self.head_dim)
         out = self.to_out[0](a[:, :tokens])
         if context is None or self.to_add_out is None:
