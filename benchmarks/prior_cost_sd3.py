@@ -266,7 +266,8 @@ def main(argv=None) -> str:
                      blocks=args.blocks, repeats=args.repeats)
     page = markdown(rows, note=args.note)
     cpu = re.sub(r"[^a-z0-9]+", "-", page.split("- machine: ")[1].split(",")[0].lower()).strip("-")
-    path = os.path.join(args.out_dir, f"{cpu}-{datetime.date.today()}-sd3-prior.md")
+    cores = len(os.sched_getaffinity(0))
+    path = os.path.join(args.out_dir, f"{cpu}-{cores}c-{datetime.date.today()}-sd3-prior.md")
     with open(path, "w") as f:
         f.write(page)
     print(page)
