@@ -30,3 +30,28 @@ def test_rows_time_the_same_forward_in_both_frameworks():
         assert r["full_jax_ms"] == pytest.approx(r["jax_ms"] * 5 / 2)
         assert r["params_measured"] < r["params_full"] == parameter_count(dict(TINY))
     assert "| 48x48 | 6x6x16 | 9 + 333 | float32 |" in markdown(rows)
+
+
+def test_forward_flops_is_xla_count_of_the_batched_forward(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from benchmarks.prior_cost_sd3 import forward_flops
+    from sce_jax.models import transformer_layers
+    from sce_jax.models.sd3_transformer import SD3Transformer2DModel, SD3TransformerConfig
+
+    # XLA counts a loop's body once: take the batched attention, as off CPU.
+    monkeypatch.setattr(transformer_layers, "attention", transformer_layers._attention_batched)
+    config = dict(TINY, num_layers=3, attention_head_dim=64, caption_projection_dim=128,
+                  joint_attention_dim=32, dual_attention_layers=(0,), qk_norm="rms_norm")
+    model = nnx.eval_shape(lambda: SD3Transformer2DModel(SD3TransformerConfig(**config),
+                                                         rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    args = (jax.ShapeDtypeStruct((1, 8, 8, 16), jnp.float32),     # 16 image tokens
+            jax.ShapeDtypeStruct((1, 24, 32), jnp.float32),       # 24 context tokens
+            jax.ShapeDtypeStruct((1, 10), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32))
+    cost = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a)).lower(state, *args).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    # XLA also counts norms, softmax, activations: a few percent at this width
+    assert cost["flops"] == pytest.approx(forward_flops(config, 16, 24), rel=0.06)
