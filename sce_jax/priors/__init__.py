@@ -1,1 +1,1 @@
-"""Adapters that turn ported generative transformers into :class:`sce_jax.prior.Prior`."""
+"""Builders of :class:`sce_jax.prior.Prior` from the ported generative transformers."""

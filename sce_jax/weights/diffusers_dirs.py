@@ -43,6 +43,10 @@ PIPELINE_INDEX = "model_index.json"
 # The diffusers release whose config.json layout save_pretrained_diffusers writes (and whose
 # PyTorch classes the ports are checked against).
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
+# The pipeline folder that holds a model of each ported class (named in error hints).
+PIPELINE_COMPONENTS = {"AutoencoderKL": "vae", "AutoencoderTiny": "vae",
+                       "SD3Transformer2DModel": "transformer",
+                       "FluxTransformer2DModel": "transformer"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -155,10 +159,8 @@ def resolve_model_dir(path_or_repo_id: str | os.PathLike, *, subfolder: str | No
         f"it holds {present}")
 
 
-def read_model_config(model_dir: str, *, class_name: str,
-                      default_subfolder: str = "vae") -> dict[str, Any]:
-    """The parsed ``config.json`` of ``model_dir``; its ``_class_name`` must be ``class_name``
-    (``default_subfolder``: the pipeline component the hint of the error names)."""
+def read_model_config(model_dir: str, *, class_name: str) -> dict[str, Any]:
+    """The parsed ``config.json`` of ``model_dir``; its ``_class_name`` must be ``class_name``."""
     path = os.path.join(model_dir, CONFIG_NAME)
     try:
         with open(path) as f:
@@ -170,14 +172,14 @@ def read_model_config(model_dir: str, *, class_name: str,
     if not isinstance(config, dict):
         raise DiffusersDirError(f"{path}: expected a JSON object, found {type(config).__name__}")
     found = config.get("_class_name")
+    component = PIPELINE_COMPONENTS.get(class_name, "vae")
     if found is not None and found != class_name:
         hint = ""
         if found in ("AutoencoderKL", "AutoencoderTiny"):
             module = "autoencoder_kl" if found == "AutoencoderKL" else "autoencoder_tiny"
             hint = f"; load it with sce_jax.models.{module}.{found}"
-        elif os.path.basename(os.path.normpath(model_dir)) != default_subfolder:
-            hint = (f"; for a pipeline, point to the pipeline folder or its "
-                    f"{default_subfolder}/ folder")
+        elif os.path.basename(os.path.normpath(model_dir)) != component:
+            hint = f"; for a pipeline, point to the pipeline folder or its {component}/ folder"
         raise DiffusersDirError(
             f"{path}: describes a model of class {found} (its _class_name), not {class_name}{hint}")
     return config
@@ -265,13 +267,13 @@ def load_diffusers_model(
       cls: the port class (``config_class`` attribute, ``cls(config, *, rngs, dtype,
         param_dtype)`` constructor).
       class_name: the diffusers class the folder's ``config.json`` must name.
-      default_subfolder: the pipeline component to use when ``path_or_repo_id`` is a pipeline
-        folder (``vae`` for autoencoders, ``transformer`` for the SD3 / FLUX transformers).
+      default_subfolder: the pipeline component used when the folder itself is not a model
+        folder (``"vae"``, ``"transformer"``).
       rename: maps legacy checkpoint key names to current ones (see the port's module).
     """
     model_dir = resolve_model_dir(path_or_repo_id, subfolder=subfolder,
                                   default_subfolder=default_subfolder, revision=revision)
-    raw = read_model_config(model_dir, class_name=class_name, default_subfolder=default_subfolder)
+    raw = read_model_config(model_dir, class_name=class_name)
     where = f"{class_name} config {os.path.join(model_dir, CONFIG_NAME)}"
     try:
         config = config_from_dict(cls.config_class, raw, what=where)
