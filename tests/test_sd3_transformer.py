@@ -233,3 +233,25 @@ def test_head_by_head_attention_is_the_batched_one():
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     expected = np.einsum("bnts,bsnh->btnh", probs / probs.sum(-1, keepdims=True), v)
     np.testing.assert_allclose(batched, expected, atol=1e-5)
+
+
+def test_latent_gradient_matches_torch_autograd(folder):
+    """The search may differentiate through the prior: d sum(v * w) / dz against autograd."""
+    import jax
+    c = case("sd35", folder)
+    x = inputs(c["config"], (6, 4))
+    weight = np.random.default_rng(1).standard_normal(x["z"].shape).astype(np.float32)
+    graphdef, state = nnx.split(c["port"])
+
+    def grad(s, z, context, pooled, timestep, w):
+        model = nnx.merge(graphdef, s)
+        return jax.grad(lambda z: jnp.sum(model(z, context, pooled, timestep) * w))(z)
+
+    actual = run_jitted(grad, state, *(jnp.asarray(x[k]) for k in ("z", "context", "pooled",
+                                                                   "timestep")),
+                        jnp.asarray(weight))
+    z = torch.from_numpy(np.ascontiguousarray(x["z"].transpose(0, 3, 1, 2))).requires_grad_(True)
+    out = c["torch"](z, torch.from_numpy(x["context"]), torch.from_numpy(x["pooled"]),
+                     torch.from_numpy(x["timestep"])).sample
+    (out * torch.from_numpy(np.ascontiguousarray(weight.transpose(0, 3, 1, 2)))).sum().backward()
+    assert max_rel_error(actual, z.grad.numpy().transpose(0, 2, 3, 1)) < TOL
