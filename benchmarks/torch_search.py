@@ -292,6 +292,22 @@ def threshold_mask(change, *, blur_sigma: float, threshold: float):
     return (normalised >= threshold).to(change.dtype)
 
 
+def fill_holes(mask):
+    """The binary NCHW mask plus the pixels no 4-connected unmasked path joins to the border."""
+    free = mask <= 0
+    border = torch.zeros_like(free)
+    border[..., 0, :] = border[..., -1, :] = border[..., :, 0] = border[..., :, -1] = True
+    outside = free & border
+    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]],
+                         device=mask.device).view(1, 1, 3, 3)
+    while True:
+        grown = (F.conv2d(outside.to(mask.dtype), cross.to(mask.dtype), padding=1) > 0) & free
+        if torch.equal(grown, outside):
+            break
+        outside = grown
+    return torch.where(outside, 0.0, 1.0).to(mask.dtype)
+
+
 def soften(mask, allowed, border: float):
     """Soft border of ``border`` pixels, kept inside ``allowed``."""
     if border > 0:
@@ -479,7 +495,10 @@ def _run_attempt(search: BatchSearch, allowed, valid, step_times: list | None):
                 if step >= mcfg.warmup_steps and (step - mcfg.warmup_steps) % mcfg.period == 0:
                     change = change_map(decoded, decoded0) * allowed
                     keep_px = threshold_mask(change, blur_sigma=mcfg.blur_sigma,
-                                             threshold=mcfg.threshold) * allowed
+                                             threshold=mcfg.threshold)
+                    if mcfg.fill_holes:
+                        keep_px = fill_holes(keep_px)
+                    keep_px = keep_px * allowed
                     new_pixel_mask = soften(keep_px, allowed, mcfg.soft_border)
                     new_lat_mask = latent_mask(new_pixel_mask, gen.downsample,
                                                mcfg.dilation) * lat_allowed
@@ -561,6 +580,9 @@ def explain_batch_torch(generator: TorchGenerator, classifier: TorchClassifier, 
       (NHWC), ``success``, ``nonfinite``, ``steps``, ``prob_after``, ``prediction_after``; per
       example ``target``, ``prediction``, ``prob_before``.
     """
+    if settings.prior.active:
+        raise NotImplementedError("the PyTorch reference has no generative prior: benchmark "
+                                  "the search without one (search.prior.enabled = False)")
     if kind not in KINDS:
         raise ValueError(f"unknown target kind {kind!r}; one of {KINDS}")
     images = np.asarray(images, np.float32)

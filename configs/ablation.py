@@ -1,9 +1,12 @@
-"""Ablations of the search on the shipped Fashion-MNIST demo (base: configs/fashion_mnist.py).
+"""Ablations of the search on the shipped demos (base: configs/fashion_mnist.py, or
+configs/squares.py with the ``squares`` option).
 
     python scripts/explain.py --config=configs/ablation.py:no_mask --workdir=runs/ablation/no_mask
+    python scripts/explain.py --config=configs/ablation.py:no_prior,squares --workdir=runs/ablation_squares/no_prior
     python scripts/explain.py --config=configs/ablation.py:no_mask,tiny --workdir=/tmp/ablation/no_mask
     python scripts/run_ablation.py            # every variant, then the evaluation and
                                               # runs/ablation/ablation.md
+    python scripts/run_ablation.py --demo=squares     # the same on squares: runs/ablation_squares/
 
 The argument names the variant; each changes exactly one key of the demo's config
 (:data:`CHANGED_KEYS`), so the differences between their evaluations are that key's effect:
@@ -14,7 +17,15 @@ The argument names the variant; each changes exactly one key of the demo's confi
     no_mask           search.mask.enabled = False: no edit mask, every latent cell may change
     no_lock           search.lock = False: K attempts that differ only in their noise samples
     single_attempt    search.attempts = 1: one counterfactual per image, no diversification
+    no_prior          search.prior.enabled = False: the classifier judges D(z), not D(P(z))
+    prior_weak        search.prior.strength = 0.15 (half the default)
+    prior_strong      search.prior.strength = 0.5
+    goal_0.5          search.goal_probability = 0.5: stop at the decision boundary
+    goal_0.75         search.goal_probability = 0.75
+    no_fill           search.mask.fill_holes = False: the mask may close onto a ring
+    keep_spots        search.reject_background_spots = False: later attempts may return spots
 
+``,squares`` bases the variant on the squares demo instead of Fashion-MNIST;
 ``,tiny`` appends the shrink of ``configs/fashion_mnist.py:tiny`` (4 images, 5 steps, 2 noise
 samples): a quick check that the variant runs, not a measurement.
 """
@@ -31,15 +42,23 @@ CHANGED_KEYS = {
     "no_mask": "search.mask.enabled",
     "no_lock": "search.lock",
     "single_attempt": "search.attempts",
+    "no_prior": "search.prior.enabled",
+    "prior_weak": "search.prior.strength",
+    "prior_strong": "search.prior.strength",
+    "goal_0.5": "search.goal_probability",
+    "goal_0.75": "search.goal_probability",
+    "no_fill": "search.mask.fill_holes",
+    "keep_spots": "search.reject_background_spots",
 }
 VARIANTS = tuple(CHANGED_KEYS)
-OPTIONS = ("tiny",)
+OPTIONS = ("tiny", "squares")
+DEMOS = {"fashion_mnist": "fashion_mnist.py", "squares": "squares.py"}
 
 
-def _base_module():
-    """configs/fashion_mnist.py, loaded by path (config files are not a package)."""
+def _base_module(demo: str = "fashion_mnist"):
+    """The demo's config file, loaded by path (config files are not a package)."""
     return load_config_module(
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "fashion_mnist.py"))
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), DEMOS[demo]))
 
 
 def full(c):
@@ -89,8 +108,48 @@ def single_attempt(c):
     c.search.attempts = 1
 
 
+def no_prior(c):
+    """No generative prior: the classifier judges the decoded latent itself.
+
+    python scripts/explain.py --config=configs/ablation.py:no_prior --workdir=runs/ablation/no_prior
+    """
+    c.search.prior.enabled = False
+
+
+def prior_weak(c):
+    """The prior at half the default edit strength (less noise, smaller corrections)."""
+    c.search.prior.strength = 0.15
+
+
+def prior_strong(c):
+    """The prior at strength 0.5 (more noise: the prior may move the edit further)."""
+    c.search.prior.strength = 0.5
+
+
+def goal_05(c):
+    """Stop as soon as the decision flips (p(target) > 0.5): the weakest explanation."""
+    c.search.goal_probability = 0.5
+
+
+def goal_075(c):
+    """Stop at p(target) >= 0.75."""
+    c.search.goal_probability = 0.75
+
+
+def no_fill(c):
+    """Edit masks without hole filling: a mask may close onto the ring of a first change."""
+    c.search.mask.fill_holes = False
+
+
+def keep_spots(c):
+    """Later attempts may return a spot painted into empty background as a 'second reason'."""
+    c.search.reject_background_spots = False
+
+
 APPLY = {"full": full, "no_smoothing": no_smoothing, "latent_smoothing": latent_smoothing,
-         "no_mask": no_mask, "no_lock": no_lock, "single_attempt": single_attempt}
+         "no_mask": no_mask, "no_lock": no_lock, "single_attempt": single_attempt,
+         "no_prior": no_prior, "prior_weak": prior_weak, "prior_strong": prior_strong,
+         "goal_0.5": goal_05, "goal_0.75": goal_075, "no_fill": no_fill, "keep_spots": keep_spots}
 
 
 def parse_arg(arg: str | None) -> tuple[str, tuple[str, ...]]:
@@ -109,6 +168,7 @@ def parse_arg(arg: str | None) -> tuple[str, tuple[str, ...]]:
 
 def get_config(arg: str | None = None):
     variant, options = parse_arg(arg)
-    c = _base_module().get_config("tiny" if "tiny" in options else None)
+    demo = "squares" if "squares" in options else "fashion_mnist"
+    c = _base_module(demo).get_config("tiny" if "tiny" in options else None)
     APPLY[variant](c)
     return c

@@ -21,6 +21,9 @@ def get_config(arg: str | None = None):
     c.data.channels = 1
     c.generator.checkpoint = asset_path("fashion_mnist", "autoencoder", must_exist=False)
     c.classifier.checkpoint = asset_path("fashion_mnist", "classifier", must_exist=False)
+    # The demo's latent flow-matching prior keeps edits on the autoencoder's image manifold.
+    c.prior.checkpoint = asset_path("fashion_mnist", "prior", must_exist=False)
+    c.search.prior.enabled = True
     c.classifier.class_names = tuple(CLASS_NAMES)
     c.targets.kind = "other"
     c.batch_size = 10

@@ -20,6 +20,9 @@ def get_config(arg: str | None = None):
     c.data.channels = 3
     c.generator.checkpoint = asset_path("squares", "autoencoder", must_exist=False)
     c.classifier.checkpoint = asset_path("squares", "classifier", must_exist=False)
+    # The demo's latent flow-matching prior keeps edits on the autoencoder's image manifold.
+    c.prior.checkpoint = asset_path("squares", "prior", must_exist=False)
+    c.search.prior.enabled = True
     c.classifier.class_names = tuple(CLASS_NAMES)
     c.targets.kind = "other"
     c.batch_size = 8

@@ -168,3 +168,56 @@ def with_config(model: nnx.Module, **changes: Any) -> nnx.Module:
     config = dataclasses.replace(model.config, **changes)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
     return nnx.merge(graphdef, nnx.state(model))
+
+
+def flow_matching_loss(model, latents, key):
+    """Rectified-flow loss ``mean (v_theta(z_t, t) - (eps - z))^2`` with logit-normal ``t``.
+
+    ``t = sigmoid(u)``, ``u ~ N(0, 1)`` (SD3's sampling of training times), ``eps ~ N(0, I)``,
+    ``z_t = (1 - t) z + t eps``.
+    """
+    k_t, k_eps = jax.random.split(key)
+    t = jax.nn.sigmoid(jax.random.normal(k_t, (latents.shape[0],)))
+    eps = jax.random.normal(k_eps, latents.shape)
+    tb = t[:, None, None, None]
+    z_t = (1.0 - tb) * latents + tb * eps
+    return jnp.mean((model(z_t, t) - (eps - latents)) ** 2)
+
+
+def train_flow_prior(model: nnx.Module, latents: np.ndarray, settings: TrainSettings,
+                     log: Callable[[str], None] = logging.info) -> tuple[nnx.Module, float]:
+    """Trains a velocity model on scaled latents (N, h, w, c) with Adam; returns it and its loss.
+
+    Horizontal flips of the latent grid are not used: an autoencoder's latents are not
+    flip-equivariant in general.
+    """
+    graphdef, params = nnx.split(model)
+    tx = optax.adamw(_cosine(settings), weight_decay=1e-4)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch, key):
+        loss, grads = jax.value_and_grad(
+            lambda p: flow_matching_loss(nnx.merge(graphdef, p), batch, key))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    key = jax.random.key(settings.seed)
+    start = time.time()
+    recent = []
+    for i, idx in enumerate(_batches(len(latents), settings.batch_size, settings.steps, settings.seed)):
+        params, opt_state, loss = step(params, opt_state, jnp.asarray(latents[idx]),
+                                       jax.random.fold_in(key, i))
+        recent = (recent + [float(loss)])[-100:] if (i + 1) % 10 == 0 else recent
+        if (i + 1) % settings.log_every == 0 or i + 1 == settings.steps:
+            log(f"prior step {i + 1}/{settings.steps}: loss {float(loss):.4f} "
+                f"({time.time() - start:.0f}s)")
+    nnx.update(model, params)
+    return model, float(np.mean(recent)) if recent else float("nan")
+
+
+def encode_all(generator, images01: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Scaled latents ``E(x)`` of many [0, 1] images, in batches (numpy out)."""
+    encode = jax.jit(generator.encode_fn)
+    return np.concatenate([np.asarray(encode(generator.params, jnp.asarray(images01[i:i + batch_size])))
+                           for i in range(0, len(images01), batch_size)])

@@ -5,7 +5,8 @@
 
 The explainer compiles :func:`sce_jax.search.engine.explain_batch` once per (target kind,
 batch shape), pads a batch to a multiple of the device count, shards it over the ``data``
-mesh axis and replicates the parameters. For use inside your own ``jax.jit``, call
+mesh axis and replicates the parameters. With a :class:`sce_jax.prior.Prior` and
+``search.prior.enabled``, the prior keeps the edits on the generator's image manifold. For use inside your own ``jax.jit``, call
 ``explain_batch`` directly (see its docstring).
 """
 
@@ -21,8 +22,9 @@ import numpy as np
 from sce_jax import parallel
 from sce_jax.classifier import Classifier
 from sce_jax.generator import Generator
+from sce_jax.prior import Prior
 from sce_jax.search.config import SearchSettings, settings_from_config
-from sce_jax.search.engine import Batch, Explanation, explain_batch
+from sce_jax.search.engine import Batch, Explanation, SearchModels, SearchParams, explain_batch
 
 
 class Explainer:
@@ -38,29 +40,38 @@ class Explainer:
         rows to ``explain``/``prepare_batch`` and gets its own rows back.
       progress: optional host function ``(attempt, step, num_done, num_valid)`` called every
         ``config.progress_every`` steps from inside the compiled loop.
+      prior: the generative prior (:class:`sce_jax.prior.Prior`) used when
+        ``config.prior.enabled``; a config that enables it without one raises.
     """
 
     def __init__(self, generator: Generator, classifier: Classifier,
-                 config: ml_collections.ConfigDict | dict | None = None, *,
+                 config: ml_collections.ConfigDict | dict | SearchSettings | None = None, *,
                  mesh: jax.sharding.Mesh | None = None,
-                 progress: Callable[[Any, Any, Any, Any], None] | None = None):
+                 progress: Callable[[Any, Any, Any, Any], None] | None = None,
+                 prior: Prior | None = None):
         self.generator = generator
         self.classifier = classifier
-        self.settings: SearchSettings = settings_from_config(config)
+        self.prior = prior
+        self.settings: SearchSettings = (config if isinstance(config, SearchSettings)
+                                         else settings_from_config(config))
+        if self.settings.prior.active and prior is None:
+            raise ValueError("search.prior.enabled is set but no prior was given: pass "
+                             "Explainer(..., prior=...) or set search.prior.enabled = False")
+        if prior is not None and prior.needs_context and self.settings.prior.active:
+            self._needs_context = True
+        else:
+            self._needs_context = False
         if mesh is None and jax.device_count() > 1:
             mesh = parallel.make_mesh()
         self.mesh = mesh
         self.progress = progress
         self.trace_count = 0
         self._compiled: dict[str, Callable] = {}
-        if mesh is not None:
-            self._gen_params = parallel.replicate(generator.params, mesh)
-            self._cls_params = parallel.replicate(classifier.params, mesh)
-        else:
-            self._gen_params, self._cls_params = generator.params, classifier.params
-
-    def _count_trace(self):
-        self.trace_count += 1
+        self.models = SearchModels(generator.spec, classifier.logits_fn,
+                                   prior.velocity_fn if prior is not None else None)
+        params = SearchParams(generator.params, classifier.params,
+                              prior.params if prior is not None and self.settings.prior.active else None)
+        self.search_params = parallel.replicate(params, mesh) if mesh is not None else params
 
     def default_kind(self, targets_given: bool) -> str:
         if self.classifier.head == "multilabel":
@@ -68,19 +79,21 @@ class Explainer:
         return "class" if targets_given else "other"
 
     def compiled(self, kind: str) -> Callable:
-        """The jitted ``(gen_params, cls_params, batch) -> Explanation`` for a target kind."""
+        """The jitted ``(search_params, batch) -> Explanation`` for a target kind
+        (``search_params``: :attr:`search_params`, the models' parameters as placed)."""
         if kind not in self._compiled:
-            fn = functools.partial(
-                explain_batch, decode_fn=self.generator.decode_fn,
-                encode_fn=self.generator.encode_fn if self.generator.has_encoder else None,
-                logits_fn=self.classifier.logits_fn, settings=self.settings, kind=kind,
-                downsample=self.generator.downsample, progress=self.progress,
-                on_trace=self._count_trace)
-            self._compiled[kind] = jax.jit(fn)
+            search = functools.partial(explain_batch, models=self.models, settings=self.settings,
+                                       kind=kind, progress=self.progress)
+
+            def traced(params, batch):
+                self.trace_count += 1  # runs once per compilation (tracing), not per call
+                return search(params, batch)
+
+            self._compiled[kind] = jax.jit(traced)
         return self._compiled[kind]
 
     def prepare_batch(self, images, targets=None, *, kind: str, example_ids=None, regions=None,
-                      latents=None, valid=None) -> tuple[Batch, int]:
+                      latents=None, valid=None, context=None) -> tuple[Batch, int]:
         """Validates and pads host arrays into a :class:`Batch`; returns it and the real size."""
         images = np.asarray(images, np.float32)
         if images.ndim != 4:
@@ -112,6 +125,11 @@ class Explainer:
                       valid=valid)
         if latents is not None:
             arrays["latents"] = np.asarray(latents, np.float32)
+        if context is None and self._needs_context:
+            raise ValueError(f"the prior {self.prior.name} needs a context (prompt embeddings): "
+                             "pass context=... (a pytree of per-image arrays)")
+        if context is not None:
+            arrays["context"] = jax.tree.map(lambda a: _per_image(np.asarray(a), b), context)
         size = parallel.padded_size(b, self.mesh)
         arrays = parallel.pad_batch(arrays, size)
         arrays["valid"][b:] = False
@@ -122,10 +140,11 @@ class Explainer:
 
     def explain_arrays(self, batch: Batch, *, kind: str) -> Explanation:
         """Runs the compiled search on a prepared batch (device arrays, no host transfer)."""
-        return self.compiled(kind)(self._gen_params, self._cls_params, batch)
+        return self.compiled(kind)(self.search_params, batch)
 
     def explain(self, images, targets: Sequence[int] | np.ndarray | None = None, *,
-                kind: str | None = None, example_ids=None, regions=None, latents=None) -> Explanation:
+                kind: str | None = None, example_ids=None, regions=None, latents=None,
+                context=None) -> Explanation:
         """Explains a batch of images in [0, 1], shape (B, H, W, C).
 
         Args:
@@ -138,15 +157,25 @@ class Explainer:
           example_ids: global ids that key the randomness (default 0..B-1).
           regions: optional (B, H, W[, 1]) masks, 1 where the image may change.
           latents: starting latents, for generators without an encoder.
+          context: conditioning for the generator and the prior (a pytree of arrays with a
+            leading axis of B, or of one row that is repeated for every image).
 
         Returns:
           An :class:`~sce_jax.search.engine.Explanation` of numpy arrays, unpadded.
         """
         kind = kind or self.default_kind(targets is not None)
         batch, size = self.prepare_batch(images, targets, kind=kind, example_ids=example_ids,
-                                         regions=regions, latents=latents)
+                                         regions=regions, latents=latents, context=context)
         out = self.explain_arrays(batch, kind=kind)
         return jax.tree.map(lambda a: parallel.local_rows(a)[:size], out)
+
+
+def _per_image(array: np.ndarray, batch: int) -> np.ndarray:
+    """A context leaf with a leading axis of ``batch``; one row is repeated for every image."""
+    if array.ndim == 0 or array.shape[0] not in (1, batch):
+        raise ValueError(f"a context array of shape {array.shape} has no leading axis of 1 or "
+                         f"{batch} (the batch size)")
+    return np.broadcast_to(array, (batch,) + array.shape[1:]).copy() if array.shape[0] == 1 else array
 
 
 def all_other_classes(predictions: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

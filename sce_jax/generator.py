@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -66,6 +65,44 @@ class LatentScaling:
 
 
 @dataclasses.dataclass(frozen=True)
+class GeneratorSpec:
+    """The static part of a :class:`Generator`: its functions and latent layout (hashable).
+
+    This is what a jitted search closes over; the parameters travel separately as a pytree.
+
+    Attributes:
+      decode_fn: ``(params, z) -> images``, or ``(params, z, context) -> images`` when
+        ``uses_context`` (a per-example conditioning pytree with leading axis B).
+      encode_fn: ``(params, images) -> z``, or None (the search then needs starting latents).
+      downsample: image size / latent size.
+      latent_channels: channels of ``z`` (latents are NHWC: (B, H / downsample, W / downsample, c)).
+      uses_context: whether ``decode_fn`` takes the context argument.
+      name: for logs and messages.
+    """
+
+    decode_fn: Callable
+    encode_fn: EncodeFn | None
+    downsample: int
+    latent_channels: int
+    uses_context: bool = False
+    name: str = "generator"
+
+    def decode(self, params: Any, z: Array, context: Any = None) -> Array:
+        if self.uses_context:
+            return self.decode_fn(params, z, context)
+        return self.decode_fn(params, z)
+
+    def latent_shape(self, image_shape: tuple[int, int]) -> tuple[int, int, int]:
+        """(h, w, c) of the latents of (H, W) images; a size that does not divide raises."""
+        h, w = image_shape
+        if h % self.downsample or w % self.downsample:
+            raise ValueError(
+                f"image size {h}x{w} is not a multiple of {self.name}'s downsampling factor "
+                f"{self.downsample}; resize the inputs (data.image_size) to a multiple of it")
+        return h // self.downsample, w // self.downsample, self.latent_channels
+
+
+@dataclasses.dataclass(frozen=True)
 class Generator:
     """Encode/decode functions over explicit parameters, in the search's conventions.
 
@@ -77,6 +114,7 @@ class Generator:
       downsample: image size / latent size (8 for Stable Diffusion VAEs).
       latent_channels: channels of ``z``.
       name: for logs and reports.
+      uses_context: ``decode_fn`` takes a third argument, a per-example context pytree.
     """
 
     decode_fn: DecodeFn
@@ -85,9 +123,16 @@ class Generator:
     downsample: int
     latent_channels: int
     name: str = "generator"
+    uses_context: bool = False
 
-    def decode(self, z: Array) -> Array:
-        return self.decode_fn(self.params, z)
+    @property
+    def spec(self) -> GeneratorSpec:
+        """The static part, for a jitted search (see :class:`GeneratorSpec`)."""
+        return GeneratorSpec(self.decode_fn, self.encode_fn, self.downsample, self.latent_channels,
+                             self.uses_context, self.name)
+
+    def decode(self, z: Array, context: Any = None) -> Array:
+        return self.spec.decode(self.params, z, context)
 
     def encode(self, images: Array) -> Array:
         if self.encode_fn is None:
@@ -99,12 +144,7 @@ class Generator:
         return self.encode_fn is not None
 
     def latent_shape(self, image_shape: tuple[int, int]) -> tuple[int, int, int]:
-        h, w = image_shape
-        if h % self.downsample or w % self.downsample:
-            raise ValueError(
-                f"image size {h}x{w} is not a multiple of {self.name}'s downsampling factor "
-                f"{self.downsample}; resize the inputs (data.image_size) to a multiple of it")
-        return h // self.downsample, w // self.downsample, self.latent_channels
+        return self.spec.latent_shape(image_shape)
 
     @classmethod
     def from_autoencoder(cls, model: nnx.Module, *, name: str | None = None) -> "Generator":
@@ -134,9 +174,14 @@ class Generator:
 
     @classmethod
     def from_functions(cls, decode: DecodeFn, encode: EncodeFn | None = None, params: Any = None,
-                       *, downsample: int, latent_channels: int, name: str = "generator") -> "Generator":
-        """Wraps user functions that already speak [0, 1] images and the search's latents."""
-        return cls(decode, encode, params, int(downsample), int(latent_channels), name)
+                       *, downsample: int, latent_channels: int, name: str = "generator",
+                       uses_context: bool = False) -> "Generator":
+        """Wraps user functions that already speak [0, 1] images and the search's latents.
+
+        With ``uses_context``, ``decode(params, z, context)`` receives the batch's context.
+        """
+        return cls(decode, encode, params, int(downsample), int(latent_channels), name,
+                   bool(uses_context))
 
 
 def ae_dtype(model: nnx.Module):
@@ -155,8 +200,3 @@ def _downsample_factor(config: Any) -> int:
         raise ValueError("cannot infer the downsampling factor of this autoencoder")
     return int(2 ** (len(blocks) - 1))
 
-
-def check_roundtrip(generator: Generator, images: np.ndarray) -> float:
-    """Mean absolute reconstruction error ``|D(E(x)) - x|`` of a batch (a quick sanity number)."""
-    recon = generator.decode(generator.encode(jnp.asarray(images)))
-    return float(jnp.mean(jnp.abs(jnp.clip(recon, 0, 1) - images)))

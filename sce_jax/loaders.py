@@ -1,4 +1,4 @@
-"""Builds the :class:`Generator` and :class:`Classifier` that a run config names."""
+"""Builds the :class:`Generator`, :class:`Classifier` and :class:`Prior` a run config names."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import ml_collections
 
 from sce_jax.classifier import Classifier, Preprocessing
 from sce_jax.generator import Generator
+from sce_jax.prior import Prior
 from sce_jax.weights.checkpoint import load_model
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -31,8 +32,9 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
     from sce_jax.models.densenet import DenseNet
     from sce_jax.models.resnet import ResNet
     from sce_jax.models.small_cnn import SmallCNN
+    from sce_jax.models.vit import VisionTransformer
 
-    model = load_model(config.checkpoint, expect=(ResNet, DenseNet, SmallCNN))
+    model = load_model(config.checkpoint, expect=(ResNet, DenseNet, SmallCNN, VisionTransformer))
     preprocessing = Preprocessing(
         input_size=tuple(config.input_size) or None,
         channels=int(config.channels) or None,
@@ -41,3 +43,13 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
     names = tuple(config.class_names) or None
     return Classifier.from_nnx(model, preprocessing=preprocessing, head=config.head,
                                class_names=names)
+
+
+def load_prior(config: ml_collections.ConfigDict) -> Prior | None:
+    """From ``config.prior``: an orbax checkpoint of a velocity model, or None when unset."""
+    from sce_jax.models.latent_flow import LatentFlowTransformer
+
+    if not config.checkpoint:
+        return None
+    model = load_model(config.checkpoint, expect=(LatentFlowTransformer,))
+    return Prior.from_nnx(model)

@@ -48,19 +48,19 @@ def padded_size(batch_size: int, mesh: Mesh | None) -> int:
     return -(-batch_size // n) * n
 
 
-def pad_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Pads every array on axis 0 to ``size`` by repeating its first row (values are unused:
-    the caller marks padding invalid)."""
-    out = {}
-    for name, a in arrays.items():
+def pad_batch(arrays: dict[str, Any], size: int) -> dict[str, Any]:
+    """Pads every array (or every leaf of a pytree entry) on axis 0 to ``size`` by repeating
+    its first row (values are unused: the caller marks padding invalid)."""
+    def pad(name, a):
         a = np.asarray(a)
         if a.shape[0] > size:
             raise ValueError(f"{name}: {a.shape[0]} rows do not fit a batch of {size}")
         if a.shape[0] < size:
             filler = np.repeat(a[:1], size - a.shape[0], axis=0) if a.shape[0] else np.zeros((size,) + a.shape[1:], a.dtype)
             a = np.concatenate([a, filler], axis=0)
-        out[name] = a
-    return out
+        return a
+    return {name: jax.tree.map(lambda a, name=name: pad(name, a), value)
+            for name, value in arrays.items()}
 
 
 def shard_batch(tree: Any, mesh: Mesh) -> Any:

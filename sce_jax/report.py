@@ -43,6 +43,9 @@ SUMMARY_FIELDS = (
     ("num_counterfactuals", "counterfactuals", "int"),
     ("flip_rate", "flip rate (decision reached on the 8-bit image)", "percent"),
     ("flip_rate_first_attempt", "flip rate of the first attempts", "percent"),
+    ("found_rate_first_attempt", "explanations found, first attempts (originals not near the boundary)", "percent"),
+    ("num_near_boundary", "originals already near the decision boundary", "int"),
+    ("num_no_second_reason", "later attempts with no second reason (only a background spot flipped it)", "int"),
     ("mean_latent_l1", "mean latent L1 distance (successful)", "number"),
     ("mean_pixel_l1", "mean pixel L1 distance (successful)", "number"),
     ("mean_pixel_l2", "mean pixel L2 distance (successful)", "number"),
@@ -245,6 +248,12 @@ def _counterfactual_card(record: Mapping[str, Any], names: _Names, images: _Imag
             '<span class="failed" title="the target decision was not reached">&#10007; not reached</span>')
     if record.get("nonfinite"):
         mark += ' <span class="failed">(numerical failure)</span>'
+    if record.get("outcome") == "near_boundary":
+        mark += (' <span class="failed" title="the original was already within the boundary '
+                 'margin: a tiny change flips it">(original near the boundary: no explanation)</span>')
+    if record.get("outcome") == "no_second_reason":
+        mark = ('<span class="failed" title="only a spot painted into empty background flipped '
+                'the decision">no second reason found</span>')
     lines = [
         f"<b>{_esc(aim)}</b>, attempt {_esc(record.get('attempt', 0))}",
         f"{_esc(measure)}: {_probability(record.get('prob_target_before'))} &rarr; "

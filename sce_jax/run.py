@@ -53,7 +53,7 @@ from sce_jax import data as data_lib
 from sce_jax import image_io, parallel
 from sce_jax.distributed import DistributedSetupError
 from sce_jax.explainer import Explainer, all_other_classes
-from sce_jax.loaders import load_classifier, load_generator
+from sce_jax.loaders import load_classifier, load_generator, load_prior
 from sce_jax.progress import Progress
 from sce_jax.run_config import RunConfigError, validate_run_config
 from sce_jax.search import targets as target_lib
@@ -217,12 +217,22 @@ def summarise(records: list[dict[str, Any]], *, elapsed: float, new_counterfactu
 
     succeeded = [r for r in ok if r["success"]]
     first_attempts = [r for r in ok if r["attempt"] == 0]
+    far = [r for r in ok if not r.get("near_boundary")]
+    far_first = [r for r in far if r["attempt"] == 0]
+
+    def found_rate(rows):
+        return float(np.mean([r.get("outcome") == "found" for r in rows])) if rows else None
+
     return {
         "num_images": len(images),
         "num_skipped": len(skipped),
         "num_counterfactuals": len(ok),
         "flip_rate": float(np.mean([r["success"] for r in ok])) if ok else None,
         "flip_rate_first_attempt": float(np.mean([r["success"] for r in first_attempts])) if first_attempts else None,
+        "num_near_boundary": len({r["example_id"] for r in ok if r.get("near_boundary")}),
+        "found_rate": found_rate(far),
+        "found_rate_first_attempt": found_rate(far_first),
+        "num_no_second_reason": sum(1 for r in ok if r.get("no_second_reason")),
         "mean_latent_l1": mean("latent_l1", succeeded),
         "mean_pixel_l1": mean("pixel_l1", succeeded),
         "mean_pixel_l2": mean("pixel_l2", succeeded),
@@ -285,6 +295,7 @@ def _open_inputs(config: ml_collections.ConfigDict):
     """Loads the models and opens the data, checking everything a run needs (no work yet)."""
     generator = load_generator(config.generator)
     classifier = load_classifier(config.classifier)
+    prior = load_prior(config.prior) if config.search.prior.enabled else None
     if config.targets.kind in ("class", "flip") and config.targets.class_index >= 0:
         classifier.check_target(config.targets.class_index)
     dataset = data_lib.open_dataset(
@@ -294,7 +305,7 @@ def _open_inputs(config: ml_collections.ConfigDict):
         limit=int(config.data.limit) or None,
         num_classes=classifier.num_outputs if classifier.head == "multiclass" else None)
     generator.latent_shape(tuple(config.data.image_size))  # a size that does not fit: now
-    return generator, classifier, dataset
+    return generator, classifier, prior, dataset
 
 
 def _barrier(name: str, process_count: int) -> None:
@@ -330,7 +341,7 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
     if process_index == 0:
         _check_workdir_writable(workdir)
     try:
-        generator, classifier, dataset = _open_inputs(config)
+        generator, classifier, prior, dataset = _open_inputs(config)
     except RunConfigError:
         raise
     except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
@@ -342,7 +353,7 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
     if process_index != 0:
         _check_resume_config(config, workdir, write=False)
 
-    explainer = Explainer(generator, classifier, config.search)
+    explainer = Explainer(generator, classifier, settings, prior=prior)
     kind = {"all_others": "class", "csv": "class"}.get(config.targets.kind, config.targets.kind)
     logits_jit = jax.jit(classifier.logits_fn)
 
@@ -489,6 +500,11 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
                 "nonfinite": bool(result.nonfinite[j, a]),
                 "steps": int(result.steps[j, a]),
                 "prob_target_before": float(result.prob_before[j]),
+                "near_boundary": bool(result.near_boundary[j]),
+                "no_second_reason": bool(result.no_second_reason[j, a]),
+                "outcome": outcome(bool(reached8[j, a] and not result.nonfinite[j, a]),
+                                   bool(result.near_boundary[j]),
+                                   bool(result.no_second_reason[j, a])),
                 "prob_target_after": float(prob8[j, a]),
                 "prediction_after": int(np.argmax(logits8[j, a])),
                 "latent_l1": float(result.latent_l1[j, a]), "latent_l2": float(result.latent_l2[j, a]),
@@ -497,6 +513,23 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
                 "files": files,
             })
     return records
+
+
+OUTCOMES = ("found", "not_found", "near_boundary", "no_second_reason")
+
+
+def outcome(success: bool, near_boundary: bool, no_second_reason: bool) -> str:
+    """What a counterfactual record means for a reader (the manifest's ``outcome``).
+
+    ``near_boundary``: the original was already within the search's boundary margin, so
+    whatever flipped it is no explanation; ``no_second_reason``: a later attempt could only
+    flip the decision with a spot in empty background; else ``found`` / ``not_found``.
+    """
+    if near_boundary:
+        return "near_boundary"
+    if no_second_reason:
+        return "no_second_reason"
+    return "found" if success else "not_found"
 
 
 def _skip_record(skip, label: int | None = None) -> dict[str, Any]:

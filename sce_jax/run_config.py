@@ -41,6 +41,11 @@ def base_run_config() -> ml_collections.ConfigDict:
     c.classifier.std = (1.0,)
     c.classifier.class_names = ()  # names for reports (optional)
 
+    c.prior = ml_collections.ConfigDict()
+    c.prior.checkpoint = ""       # orbax checkpoint of a velocity model (the demos' latent_flow
+                                  # priors); used when search.prior.enabled
+    c.prior.context = ""          # .npz of precomputed conditioning (prompt embeddings), if needed
+
     c.targets = ml_collections.ConfigDict()
     c.targets.kind = "other"      # one of TARGET_KINDS
     c.targets.class_index = -1    # the class to reach (kind "class"), attribute to flip ("flip")
@@ -78,6 +83,9 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
         problems.append("classifier.checkpoint is empty")
     if config.classifier.head not in ("multiclass", "multilabel"):
         problems.append(f"classifier.head={config.classifier.head!r}: must be multiclass or multilabel")
+    if config.search.prior.enabled and not config.prior.checkpoint:
+        problems.append("search.prior.enabled needs a prior: set prior.checkpoint "
+                        "(or --config.search.prior.enabled=False)")
     if config.targets.kind not in TARGET_KINDS:
         problems.append(f"targets.kind={config.targets.kind!r}: must be one of {TARGET_KINDS}")
     if config.targets.kind == "class" and config.targets.class_index < 0:

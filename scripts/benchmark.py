@@ -77,6 +77,8 @@ flags.DEFINE_bool("quick", False, "Run the quick preset (demo or demo_random, sd
 flags.DEFINE_integer("steps", 3, "Steps per timed search call (>= 2); throughput is "
                      "extrapolated from the step time to the setting's budget.")
 flags.DEFINE_integer("repeats", 2, "Timed calls after the first; medians are reported.")
+flags.DEFINE_bool("prior", False, "Also time sce_jax with the demo's generative prior in the "
+                  "loop (search.prior on; the demo setting only): the prior's step cost.")
 flags.DEFINE_bool("bf16", False, "Also time both implementations with the autoencoder "
                   "computing in bfloat16 (the classifier stays float32).")
 flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: every core this process may use).")
@@ -421,8 +423,10 @@ def _summarise(first: float, calls: list[float], step_times: list[float], steps:
                 cf_per_s=setting.batch / per_attempt if per_attempt > 0 else None, **extra)
 
 
-def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=None) -> dict:
-    """Times sce_jax's Explainer: whole calls, and each step through the progress callback."""
+def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=None,
+                prior=None) -> dict:
+    """Times sce_jax's Explainer: whole calls, and each step through the progress callback
+    (with the generative ``prior`` in the loop when one is given)."""
     from sce_jax import Explainer
 
     stamps: list[tuple[int, float]] = []
@@ -432,8 +436,9 @@ def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=No
 
     config = search_config(setting, steps)
     config.progress_every = 1
+    config.prior.enabled = prior is not None
     explainer = Explainer(generator or pair.jax_generator, pair.jax_classifier, config,
-                          progress=progress)
+                          progress=progress, prior=prior)
     batch, _ = explainer.prepare_batch(pair.images, pair.targets, kind=pair.kind)
 
     def call() -> float:
@@ -456,8 +461,7 @@ def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=No
         raise RuntimeError("the progress callback did not time any step; use --steps >= 2")
     peak = watch.peak()
     # XLA's own accounting of the compiled search (the executable is cached: no recompilation).
-    generator = generator or pair.jax_generator
-    memory = explainer.compiled(pair.kind).lower(generator.params, pair.jax_classifier.params,
+    memory = explainer.compiled(pair.kind).lower(explainer.search_params,
                                                  batch).compile().memory_analysis()
     return _summarise(first, calls, step_times, steps, setting, peak_bytes=peak,
                       first_call_peak_bytes=first_peak,
@@ -645,7 +649,7 @@ def breakdown_torch(pair: ModelPair, setting, repeats: int) -> dict:
             "decoder_images": dec_batch, "classifier_images": clf_batch}
 
 
-IMPLEMENTATIONS = ("sce_jax", "torch", "sce_jax_bf16", "torch_bf16")
+IMPLEMENTATIONS = ("sce_jax", "torch", "sce_jax_bf16", "torch_bf16", "sce_jax_prior")
 
 
 def measure_setting(setting, impls: tuple[str, ...], steps: int, repeats: int,
@@ -685,6 +689,15 @@ def measure_setting(setting, impls: tuple[str, ...], steps: int, repeats: int,
             port = _port_autoencoder(pair.autoencoder_state, pair.autoencoder_config, jnp.bfloat16)
             record[impl] = measure_jax(pair, setting, steps, repeats,
                                        generator=Generator.from_autoencoder(port))
+        elif impl == "sce_jax_prior":
+            if setting.models != "demo":
+                record[impl] = {"skipped": "the prior is timed on the shipped demo only"}
+                continue
+            from sce_jax.loaders import load_prior
+            import ml_collections
+            prior = load_prior(ml_collections.ConfigDict({"checkpoint": os.path.join(DEMO_DIR, "prior"),
+                                                          "context": ""}))
+            record[impl] = measure_jax(pair, setting, steps, repeats, prior=prior)
         elif impl == "torch_bf16":
             record[impl] = measure_torch(pair, setting, steps, repeats,
                                          generator=pair.torch_generator.in_bfloat16())
@@ -697,7 +710,7 @@ def finish_record(record: dict) -> dict:
     """Adds achieved FLOP/s and the sce_jax / PyTorch throughput ratio."""
     flops = record.get("flops_per_step")
     for impl in IMPLEMENTATIONS:
-        if impl in record and flops and record[impl]["step_s"] > 0:
+        if impl in record and flops and record[impl].get("step_s", 0) > 0:
             record[impl]["achieved_flops_per_s"] = flops / record[impl]["step_s"]
     if "sce_jax" in record and "torch" in record:
         jax_rate, torch_rate = record["sce_jax"]["cf_per_s"], record["torch"]["cf_per_s"]
@@ -707,6 +720,8 @@ def finish_record(record: dict) -> dict:
         if jax_impl in record and torch_impl in record:
             a, b = record[jax_impl]["cf_per_s"], record[torch_impl]["cf_per_s"]
             record[key] = a / b if a and b else None
+    if "step_s" in record.get("sce_jax_prior", {}) and "sce_jax" in record:
+        record["prior_step_ratio"] = record["sce_jax_prior"]["step_s"] / record["sce_jax"]["step_s"]
     return record
 
 
@@ -786,8 +801,25 @@ def markdown(report: dict) -> str:
                          and peak_bf16 else None, ".0f", 100.0) + "%"]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    lines += prior_markdown(report["results"])
     lines += breakdown_markdown(report["results"])
     return "\n".join(lines)
+
+
+def prior_markdown(results: list[dict]) -> list[str]:
+    """The step cost of the generative prior (``--prior``): sce_jax with it on vs off."""
+    rows = [r for r in results if "step_s" in r.get("sce_jax_prior", {})]
+    if not rows:
+        return []
+    lines = ["## The generative prior's step cost (sce_jax, same run)", "",
+             "| setting | step ms, prior off | step ms, prior on | on / off | cf/s on / off |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        off, on = r["sce_jax"], r["sce_jax_prior"]
+        lines.append(f"| {r['setting']['name']} | {_fmt(off['step_s'], '.1f', 1e3)} | "
+                     f"{_fmt(on['step_s'], '.1f', 1e3)} | {_fmt(r.get('prior_step_ratio'), '.2f')}x"
+                     f" | {_fmt(on['cf_per_s'], '.3g')} / {_fmt(off['cf_per_s'], '.3g')} |")
+    return lines + [""]
 
 
 def breakdown_markdown(results: list[dict]) -> list[str]:
@@ -852,7 +884,8 @@ def _run_worker(name: str, impl: str) -> dict:
 
 def run_setting(setting) -> dict:
     """All implementations of one setting, each in its own process unless --isolate=false."""
-    impls = ("sce_jax", "torch") + (("sce_jax_bf16", "torch_bf16") if FLAGS.bf16 else ())
+    impls = (("sce_jax", "torch") + (("sce_jax_bf16", "torch_bf16") if FLAGS.bf16 else ())
+             + (("sce_jax_prior",) if FLAGS.prior else ()))
     if not FLAGS.isolate:
         return finish_record(measure_setting(setting, impls, FLAGS.steps, FLAGS.repeats,
                                              FLAGS.breakdown))

@@ -6,6 +6,7 @@
 
     # a torchvision classifier (.pth/.pt state dict or checkpoint dict, or .safetensors)
     python scripts/convert_weights.py --classifier=resnet50.pth --arch=resnet50 --out=ckpt/clf
+    python scripts/convert_weights.py --classifier=vit_b_16.pth --arch=vit_b_16 --out=ckpt/vit
 
 Loading is strict: a missing, unexpected or mis-shaped tensor stops with the full lists.
 The classifier's number of classes is read from its head unless --num_classes is given.
@@ -24,9 +25,12 @@ from sce_jax.weights.checkpoint import save_model  # noqa: E402
 flags.DEFINE_string("autoencoder", "", "diffusers folder, pipeline folder or cached repo id")
 flags.DEFINE_bool("tiny", False, "the autoencoder is an AutoencoderTiny (TAESD)")
 flags.DEFINE_string("classifier", "", "torchvision checkpoint file")
-flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101", "densenet121"],
+flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101", "densenet121",
+                                        "vit_b_16"],
                   "classifier architecture")
 flags.DEFINE_integer("num_classes", 0, "classifier outputs (0: read from the checkpoint's head)")
+flags.DEFINE_integer("image_size", 0, "ViT input size (0: the checkpoint's; another size "
+                     "resamples the position embeddings)")
 flags.DEFINE_string("out", "", "output checkpoint directory (must not exist yet)")
 FLAGS = flags.FLAGS
 
@@ -38,6 +42,8 @@ def main(argv):
         raise app.UsageError("give exactly one of --autoencoder and --classifier")
     if not FLAGS.out:
         raise app.UsageError("--out is required")
+    if FLAGS.image_size and not FLAGS.arch.startswith("vit"):
+        raise app.UsageError("--image_size applies to ViT architectures only")
     if FLAGS.autoencoder:
         if FLAGS.tiny:
             from sce_jax.models.autoencoder_tiny import AutoencoderTiny as cls
@@ -47,7 +53,8 @@ def main(argv):
     else:
         from sce_jax.weights.torchvision_import import load_torchvision_classifier
         model = load_torchvision_classifier(FLAGS.classifier, FLAGS.arch,
-                                            num_classes=FLAGS.num_classes or None)
+                                            num_classes=FLAGS.num_classes or None,
+                                            image_size=FLAGS.image_size or None)
     path = save_model(model, FLAGS.out)
     print(f"wrote {type(model).__name__} to {path}")
 

@@ -3,6 +3,7 @@
     python scripts/run_ablation.py                         # every variant, runs/ablation/
     python scripts/run_ablation.py --tiny --root=/tmp/ablation     # quick check (minutes)
     python scripts/run_ablation.py --variants=full,no_mask
+    python scripts/run_ablation.py --demo=squares          # the squares demo, runs/ablation_squares/
 
 For each variant: ``sce_jax.run.explain_dataset`` into ``<root>/<variant>`` (resumable: a
 rerun finishes what is missing and redoes nothing), then ``sce_jax.evaluation`` over all of
@@ -33,21 +34,32 @@ ABLATION = load_config_module(os.path.join(ROOT, "configs", "ablation.py"))
 
 flags.DEFINE_list("variants", list(ABLATION.VARIANTS), "Variants of configs/ablation.py to run.")
 flags.DEFINE_bool("tiny", False, "Use each variant's ',tiny' shrink (a check, not a measurement).")
-flags.DEFINE_string("root", os.path.join("runs", "ablation"), "Folder for the runs and the table.")
+flags.DEFINE_enum("demo", "fashion_mnist", list(ABLATION.DEMOS), "The demo the variants change.")
+flags.DEFINE_string("root", "", "Folder for the runs and the table (default: runs/ablation, "
+                    "or runs/ablation_squares with --demo=squares).")
 flags.DEFINE_string("surrogate", "auto", "Surrogate for the non-adversarial rate ('auto': the "
                     "demo's own; '': none).")
 
 
-def legend(variants) -> str:
+DEMO_TITLES = {"fashion_mnist": "Fashion-MNIST", "squares": "squares"}
+
+
+def variant_arg(variant: str, demo: str, tiny: bool) -> str:
+    """The configs/ablation.py argument of a variant on a demo."""
+    options = ([] if demo == "fashion_mnist" else [demo]) + (["tiny"] if tiny else [])
+    return ",".join([variant] + options)
+
+
+def legend(variants, demo: str = "fashion_mnist") -> str:
     """The Markdown lines saying what each variant changed from ``full``."""
-    lines = ["# Ablation on the Fashion-MNIST demo", "", "Each variant changes one key of "
-             "configs/fashion_mnist.py (configs/ablation.py):", ""]
+    lines = [f"# Ablation on the {DEMO_TITLES[demo]} demo", "", "Each variant changes one key of "
+             f"configs/{ABLATION.DEMOS[demo]} (configs/ablation.py):", ""]
     for variant in variants:
         key = ABLATION.CHANGED_KEYS[variant]
         if key is None:
             lines.append(f"- `{variant}`: the demo config as shipped")
             continue
-        value = ABLATION.get_config(variant)
+        value = ABLATION.get_config(variant_arg(variant, demo, False))
         for part in key.split("."):
             value = value[part]
         lines.append(f"- `{variant}`: `{key} = {value!r}`")
@@ -60,14 +72,17 @@ def main(argv):
         return EXIT_USER_ERROR
     log_filter.keep_own_info(os.path.dirname(os.path.abspath(__file__)))
     FLAGS = flags.FLAGS
+    root = FLAGS.root or os.path.join(
+        "runs", "ablation" if FLAGS.demo == "fashion_mnist" else f"ablation_{FLAGS.demo}")
     try:
-        configs = {v: ABLATION.get_config(f"{v},tiny" if FLAGS.tiny else v) for v in FLAGS.variants}
+        configs = {v: ABLATION.get_config(variant_arg(v, FLAGS.demo, FLAGS.tiny))
+                   for v in FLAGS.variants}
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     workdirs = []
     for variant, config in configs.items():
-        workdir = os.path.join(FLAGS.root, variant)
+        workdir = os.path.join(root, variant)
         logging.info("ablation %s: explaining into %s", variant, workdir)
         try:
             summary = run.explain_dataset(config, workdir)
@@ -80,16 +95,16 @@ def main(argv):
             return EXIT_USER_ERROR
         workdirs.append(workdir)
     try:
-        evaluation.evaluate_workdirs(workdirs, FLAGS.root, table_name=TABLE,
+        evaluation.evaluate_workdirs(workdirs, root, table_name=TABLE,
                                      options=evaluation.EvaluationOptions(surrogate=FLAGS.surrogate))
     except evaluation.EvaluationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    path = os.path.join(FLAGS.root, f"{TABLE}.md")
+    path = os.path.join(root, f"{TABLE}.md")
     with open(path, encoding="utf-8") as f:
         table = f.read()
     with image_io.atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(legend(list(configs)) + table)
+        f.write(legend(list(configs), FLAGS.demo) + table)
     print(f"table: {os.path.abspath(path)}")
     return 0
 

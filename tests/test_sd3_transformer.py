@@ -221,20 +221,6 @@ def test_unsupported_configs_name_the_field(change, field):
         SD3TransformerConfig(**dict(TINY, **change))
 
 
-def test_head_by_head_attention_is_the_batched_one():
-    """CPU runs the heads one by one; other platforms the batched form: same values."""
-    import jax
-    from sce_jax.models import transformer_layers
-    q, k, v = (jax.random.normal(jax.random.key(i), (2, n, 3, 8)) for i, n in enumerate((5, 7, 7)))
-    per_head = transformer_layers._attention_per_head(q, k, v)
-    batched = transformer_layers._attention_batched(q, k, v)
-    np.testing.assert_allclose(per_head, batched, atol=1e-6)
-    logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(8)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    expected = np.einsum("bnts,bsnh->btnh", probs / probs.sum(-1, keepdims=True), v)
-    np.testing.assert_allclose(batched, expected, atol=1e-5)
-
-
 def test_latent_gradient_matches_torch_autograd(folder):
     """The search may differentiate through the prior: d sum(v * w) / dz against autograd."""
     import jax

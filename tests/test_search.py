@@ -19,6 +19,7 @@ def small_config(**overrides):
     c.steps = 60
     c.learning_rate = 0.05
     c.attempts = 1
+    c.goal_probability = 0.0  # the toy answers are about reaching the decision
     c.smoothing.num_samples = 4
     c.smoothing.sigma = 0.02
     c.mask.warmup_steps = 3

@@ -132,6 +132,8 @@ def _config(**overrides):
     c.attempts = 2
     c.learning_rate = 0.1
     c.smoothing.space = "none"
+    c.goal_probability = 0.0
+    c.reject_background_spots = False  # not mirrored: a check after the search, not a step
     c.mask.warmup_steps = 3
     c.mask.period = 2
     for key, value in overrides.items():

@@ -119,3 +119,57 @@ def flip_rate_per_class(targets: Sequence[int], valid: np.ndarray) -> dict[int, 
     return {int(t): {"flip_rate": metrics.flip_rate(valid[targets == t]),
                      "count": int(np.sum(targets == t))}
             for t in sorted(set(targets.tolist()))}
+
+
+def background_measures(originals: np.ndarray, counterfactuals: np.ndarray,
+                        batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per row: ``background_share`` (share of the change's energy in the empty background
+    joined to the border) and ``background_spot`` (the change is a spot there), as
+    :mod:`sce_jax.search.background_spots` defines them, on the written images."""
+    import jax.numpy as jnp
+
+    from sce_jax.search import background_spots, masks
+
+    shares, spots = [], []
+    for i in range(0, len(originals), batch_size):
+        x = jnp.asarray(originals[i:i + batch_size])
+        cf = jnp.asarray(counterfactuals[i:i + batch_size])
+        d = masks.change_map(cf, x)
+        empty = background_spots.empty_background(x)
+        total = jnp.sum(d, axis=(1, 2, 3))
+        shares.append(np.asarray(jnp.sum(d * empty, axis=(1, 2, 3)) / jnp.maximum(total, 1e-12)))
+        spots.append(np.asarray(background_spots.is_background_spot(x, cf)))
+    return {"background_share": np.concatenate(shares).astype(np.float64),
+            "background_spot": np.concatenate(spots).astype(bool)}
+
+
+def attempt_quality(produced: Sequence[Mapping], valid: np.ndarray,
+                    per_row: Mapping[str, np.ndarray]) -> dict[str, float | None]:
+    """Run-level figures on what the attempts found (the comparison table's last columns).
+
+    - ``near_boundary_images``: share of images whose original was already within the
+      search's boundary margin (their counterfactuals are not explanations);
+    - ``found_rate_first_attempt``: valid first attempts among originals not near the boundary;
+    - ``later_background_share``: mean share of the change in empty background over valid
+      attempts after the first (spots painted beside the object push it up);
+    - ``later_spot_rate``: share of valid later attempts whose change is a background spot;
+    - ``no_second_reason_rate``: share of later attempts the search reported as having found
+      no second reason (it rejected a spot).
+    """
+    attempt = np.asarray([int(r.get("attempt", 0)) for r in produced])
+    near = np.asarray([bool(r.get("near_boundary", False)) for r in produced])
+    later = attempt > 0
+    first_far = (attempt == 0) & ~near
+
+    def mean(values, where):
+        return float(np.mean(values[where])) if np.any(where) else None
+
+    images = {r["example_id"]: bool(r.get("near_boundary", False)) for r in produced}
+    out = {"near_boundary_images": float(np.mean(list(images.values()))) if images else None,
+           "found_rate_first_attempt": mean(valid, first_far),
+           "no_second_reason_rate": mean(np.asarray([bool(r.get("no_second_reason", False))
+                                                     for r in produced]), later)}
+    if "background_share" in per_row:
+        out["later_background_share"] = mean(per_row["background_share"], later & valid)
+        out["later_spot_rate"] = mean(per_row["background_spot"].astype(float), later & valid)
+    return out

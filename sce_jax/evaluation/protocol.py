@@ -52,7 +52,8 @@ PER_COUNTERFACTUAL = "counterfactuals.jsonl"
 DISTANCE_FIELDS = ("pixel_l1", "pixel_l2", "latent_l1", "latent_l2", "search_latent_l1",
                    "search_latent_l2", "changed_fraction", "hoyer")
 DIVERSITY_FIELDS = ("diversity_cosine", "pairwise_l1", "pairwise_l2")
-RECORD_FIELDS = ("example_id", "target", "target_kind", "attempt", "label", "prediction")
+RECORD_FIELDS = ("example_id", "target", "target_kind", "attempt", "label", "prediction",
+                 "near_boundary", "no_second_reason", "outcome")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +262,7 @@ def evaluate_run(run: RunOutputs, options: EvaluationOptions = EvaluationOptions
         realism = _realism(run, valid, first, options, networks)
         gt_rows, ground_truth = _ground_truth(run, valid, groups)
         per_row.update(gt_rows)
+        per_row.update(desiderata.background_measures(run.originals, run.counterfactuals))
 
     rows = _rows(run, valid, per_row, flips)
     fields = [f for f in DISTANCE_FIELDS if any(row.get(f) is not None for row in rows)]
@@ -276,10 +278,12 @@ def evaluate_run(run: RunOutputs, options: EvaluationOptions = EvaluationOptions
         logging.warning("%s: validity on the written images disagrees with the manifest for "
                         "%.1f%% of the counterfactuals", run.name, 100.0 * (1.0 - agreement))
     targets = [int(r.get("target", -1)) for r in run.produced]
+    table = _table_row(run.name, n, summary, fields, diversity_summary, realism,
+                       non_adversarial, ground_truth)
+    table.update(desiderata.attempt_quality(run.produced, valid, per_row))
     return _jsonable({
         "workdir": run.workdir, "run": run.name,
-        "table": _table_row(run.name, n, summary, fields, diversity_summary, realism,
-                            non_adversarial, ground_truth),
+        "table": table,
         "validity": {"flip_rate": summary["validity"], "num_valid": summary["num_valid"],
                      "agreement_with_manifest": agreement,
                      "goal_probability": float(run.config.search.get("goal_probability", 0.0)),

@@ -8,10 +8,13 @@ def model_classes() -> dict[str, type]:
     from sce_jax.models.autoencoder_tiny import AutoencoderTiny
     from sce_jax.models.densenet import DenseNet
     from sce_jax.models.inception import InceptionV3
+    from sce_jax.models.latent_flow import LatentFlowTransformer
     from sce_jax.models.resnet import ResNet
     from sce_jax.models.small_cnn import SmallCNN
+    from sce_jax.models.vit import VisionTransformer
 
-    classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN, InceptionV3)
+    classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN, InceptionV3,
+               LatentFlowTransformer, VisionTransformer)
     return {cls.__name__: cls for cls in classes}
 
 

@@ -5,6 +5,8 @@ parameters as diffusers does (``linear``, ``to_q``, ``add_k_proj``, ``to_out.0``
 ``norm_added_q.weight``, ``ff.net.0.proj``, ``ff.net.2`` ...), so
 :mod:`sce_jax.weights.torch_layout` maps a diffusers state dict onto them by layer type alone.
 Only the inference path is ported (no dropout, no chunked feed-forward, no fused projections).
+The attention itself is :func:`sce_jax.models.attention.attention` (head by head on CPU), which
+the FLUX and ViT ports use too.
 
 Tokens are ``(B, T, D)``. Precision: linear layers and attention compute in ``dtype``
 (float32 or bfloat16) over parameters stored in ``param_dtype``; layer/RMS normalisation, the
@@ -22,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sce_jax.models.vae_blocks import LayerFactory
+from sce_jax.models.attention import attention
+from sce_jax.models.vae_blocks import Dropout, LayerFactory
 
 Array = jax.Array
 
@@ -73,14 +76,6 @@ def timestep_embedding(timesteps: Array, dim: int = 256, max_period: float = 100
     return emb
 
 
-class Identity(nnx.Module):
-    """A parameter-free placeholder that keeps the index of a PyTorch ``nn.Dropout`` (p = 0)
-    in a module list, so the next layer's name (``net.2``, ``to_out.0``) matches."""
-
-    def __call__(self, x: Array) -> Array:
-        return x
-
-
 class RMSNorm(nnx.Module):
     """diffusers ``RMSNorm(dim, eps)`` with its ``weight``, over the last axis, in float32::
 
@@ -128,7 +123,7 @@ class FeedForward(nnx.Module):
     def __init__(self, dim: int, dim_out: int | None = None, *, mult: int = 4,
                  make: LayerFactory):
         inner = dim * mult
-        self.net = nnx.List([GELU(dim, inner, make=make), Identity(),
+        self.net = nnx.List([GELU(dim, inner, make=make), Dropout(),
                              linear(make, inner, dim_out or dim)])
 
     def __call__(self, x: Array) -> Array:
@@ -168,50 +163,6 @@ class AdaLayerNormContinuous(nnx.Module):
         params = self.linear(jax.nn.silu(conditioning)).astype(jnp.float32)
         scale, shift = jnp.split(params, 2, axis=-1)
         return modulate(layer_norm(x), shift, scale)
-
-
-def _attention_batched(q: Array, k: Array, v: Array) -> Array:
-    """All heads at once: two batched products over (B, N)."""
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(logits / math.sqrt(q.shape[-1]), axis=-1)
-    out = jnp.einsum("bnts,bsnh->btnh", probs.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)
-    return out.astype(v.dtype)
-
-
-def _attention_per_head(q: Array, k: Array, v: Array) -> Array:
-    """One (batch, head) pair at a time (``lax.map``), each with plain 2-d products."""
-    b, t, n, h = q.shape
-
-    def one(qkv):
-        qh, kh, vh = qkv                                             # (T, H), (S, H), (S, H)
-        logits = jnp.dot(qh, kh.T, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(logits / math.sqrt(h), axis=-1)
-        return jnp.dot(probs.astype(vh.dtype), vh,
-                       preferred_element_type=jnp.float32).astype(vh.dtype)
-
-    def heads_first(x):
-        return x.transpose(0, 2, 1, 3).reshape(b * n, x.shape[1], h)
-
-    out = jax.lax.map(one, (heads_first(q), heads_first(k), heads_first(v)))
-    return out.reshape(b, n, t, h).transpose(0, 2, 1, 3)
-
-
-def attention(q: Array, k: Array, v: Array) -> Array:
-    """Multi-head attention over ``(B, T, N, H)`` queries and ``(B, S, N, H)`` keys/values::
-
-        a = softmax(q k^T / sqrt(H)) v        (logits and softmax in float32)
-
-    Both products take operands in the inputs' dtype and accumulate in float32 (bfloat16
-    operands run on XLA:CPU's bfloat16 matrix units; ``jax.nn.dot_product_attention``'s XLA
-    path upcasts the second product's operands). On CPU the heads run one after another:
-    XLA:CPU's batched products are slow (SD3-medium's 24 heads at 1024 + 333 tokens on the
-    2-core Xeon: 1032 ms batched, 168 ms head by head in float32; 961 / 488 ms bfloat16; same
-    values), and one head's logits are all that is held at a time. Other platforms take the
-    batched form (``jax.lax.platform_dependent``). Returns ``(B, T, N, H)`` in v's dtype.
-    """
-    return jax.lax.platform_dependent(q, k, v, cpu=_attention_per_head,
-                                      default=_attention_batched)
 
 
 class Attention(nnx.Module):

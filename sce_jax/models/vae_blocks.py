@@ -71,6 +71,14 @@ class Activation(nnx.Module):
         return activation_function(self.name)(x)
 
 
+class Dropout(nnx.Module):
+    """A dropout slot of a PyTorch ``ModuleList`` / ``Sequential``: the identity at inference,
+    no parameters (it keeps the indices of the layers after it)."""
+
+    def __call__(self, x: Array) -> Array:
+        return x
+
+
 def upsample_nearest(x: Array, factor: int) -> Array:
     """Nearest-neighbour upsampling of NHWC ``x`` by an integer ``factor`` (each pixel -> f x f)."""
     b, h, w, c = x.shape

@@ -1,15 +1,15 @@
 """The whole search for a batch: encode, K diversified attempts, distances. Pure and jittable.
 
 :func:`explain_batch` is the function :class:`sce_jax.Explainer` compiles; it can also be used
-directly inside a user's own ``jax.jit`` (all non-array arguments are static)::
+directly inside a user's own ``jax.jit`` (only ``params`` and ``batch`` are traced)::
 
-    fn = jax.jit(functools.partial(explain_batch, decode_fn=gen.decode_fn, encode_fn=gen.encode_fn,
-                                   logits_fn=clf.logits_fn, settings=settings, kind="class",
-                                   downsample=gen.downsample))
-    explanation = fn(gen.params, clf.params, batch)
+    models = SearchModels(generator.spec, classifier.logits_fn, prior.velocity_fn)  # prior: or None
+    params = SearchParams(generator.params, classifier.params, prior.params)
+    fn = jax.jit(functools.partial(explain_batch, models=models, settings=settings, kind="class"))
+    explanation = fn(params, batch)
 
-Diversification (DESIGN.md section 2.7): attempt ``k`` may only change pixels outside the
-union of the regions changed by the successful attempts before it::
+Diversification: attempt ``k`` may only change pixels outside the union of the regions
+changed by the successful attempts before it::
 
     allowed_k = region * (1 - locked_k)
     locked_{k+1} = max(locked_k, success_k * changed_k)
@@ -21,6 +21,15 @@ was changed).
 A failed attempt locks nothing. ``settings.lock = False`` turns the lock off (the ablation of
 diversification): the K attempts then differ only in their noise samples.
 
+An attempt after the first whose change is a spot painted into empty background
+(:mod:`sce_jax.search.background_spots`) has found no second reason: it reports
+``no_second_reason``, returns the original image, counts as no success and locks nothing
+(``reject_background_spots = False`` keeps such spots).
+
+Near the boundary: an original whose decision probability beats the target decision's by less
+than ``boundary_margin`` (``p_decision - p_target < margin``) is flagged ``near_boundary``: a
+tiny change flips it, and what the search returns for it is not an explanation.
+
 Randomness: example ``b`` with target ``t`` in attempt ``k`` uses
 ``fold_in(fold_in(fold_in(key(seed), example_id_b), t), k)``, so its result does not depend on
 the batch size, the batch composition, the device count or the resume point.
@@ -28,15 +37,45 @@ the batch size, the batch composition, the device count or the resume point.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from sce_jax.search import masks, objectives, targets
+from sce_jax.generator import GeneratorSpec
+from sce_jax.search import background_spots, masks, objectives, prior_step, targets
 from sce_jax.search.config import SearchSettings
 from sce_jax.search.loop import run_attempt
 from sce_jax.search.smoothing import StepInputs
+
+# fold_in tag of the prior's noise (apart from the smoothing noise, keyed by step numbers).
+PRIOR_NOISE_TAG = 2 ** 31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchModels:
+    """The static functions a search runs (hashable; closed over by ``jax.jit``).
+
+    Attributes:
+      generator: the generator's spec (:attr:`sce_jax.Generator.spec`).
+      logits_fn: the classifier, ``(params, images) -> logits``.
+      velocity_fn: the prior, ``(params, z_t, t, context) -> v`` (:class:`sce_jax.prior.Prior`),
+        or None for a search without one.
+    """
+
+    generator: GeneratorSpec
+    logits_fn: Callable
+    velocity_fn: Callable | None = None
+
+
+class SearchParams(NamedTuple):
+    """The parameters of the models (a pytree; ``prior`` is None without a prior)."""
+
+    generator: Any
+    classifier: Any
+    prior: Any = None
 
 
 class Batch(NamedTuple):
@@ -48,6 +87,7 @@ class Batch(NamedTuple):
     regions: jax.Array       # (B, H, W, 1) float32, 1 where the image may change
     valid: jax.Array         # (B,) bool, False for padding
     latents: jax.Array | None = None  # (B, h, w, c) starting latents (generators without encoder)
+    context: Any = None      # per-example conditioning pytree (leading axis B) for decoder and prior
 
 
 class Explanation(NamedTuple):
@@ -57,6 +97,7 @@ class Explanation(NamedTuple):
     latent: jax.Array         # (B, K, h, w, c)
     mask: jax.Array           # (B, K, H, W, 1)
     success: jax.Array        # (B, K) bool (float image; re-check on 8-bit when writing)
+    no_second_reason: jax.Array  # (B, K) bool: flipped only by a spot in empty background (k > 0)
     nonfinite: jax.Array      # (B, K) bool: failed on NaN/inf
     steps: jax.Array          # (B, K) int32 steps used
     prob_after: jax.Array     # (B, K) target probability on the counterfactual
@@ -70,32 +111,35 @@ class Explanation(NamedTuple):
     prediction: jax.Array     # (B,) decision on the original (argmax class)
     prob_prediction: jax.Array  # (B,) probability of that decision
     prob_before: jax.Array    # (B,) target probability on the original
+    near_boundary: jax.Array  # (B,) bool: the original is within boundary_margin of the target
     reconstruction: jax.Array  # (B, H, W, C) D(z0), for diagnostics
 
 
-def explain_batch(gen_params, cls_params, batch: Batch, *, decode_fn: Callable,
-                  encode_fn: Callable | None, logits_fn: Callable, settings: SearchSettings,
-                  kind: str, downsample: int, progress: Callable | None = None,
-                  on_trace: Callable[[], None] | None = None) -> Explanation:
+def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
+                  settings: SearchSettings, kind: str,
+                  progress: Callable | None = None) -> Explanation:
     """All K attempts of the search for one batch (see the module docstring)."""
-    if on_trace is not None:
-        on_trace()
     if kind not in targets.KINDS:
         raise ValueError(f"unknown target kind {kind!r}; one of {targets.KINDS}")
+    spec = models.generator
+    use_prior = settings.prior.active
+    if use_prior and models.velocity_fn is None:
+        raise ValueError("search.prior is enabled but no prior was given: pass a Prior "
+                         "(run config: prior.checkpoint) or set search.prior.enabled = False")
 
     def decode(z):
-        return decode_fn(gen_params, z)
+        return spec.decode(params.generator, z, batch.context)
 
     def logits_of(images):
-        return logits_fn(cls_params, images)
+        return models.logits_fn(params.classifier, images)
 
     x = batch.images.astype(jnp.float32)
     if batch.latents is not None:
         z0 = batch.latents.astype(jnp.float32)
-    elif encode_fn is None:
-        raise ValueError("this generator has no encoder: pass starting latents in the batch")
+    elif spec.encode_fn is None:
+        raise ValueError(f"{spec.name} has no encoder: pass starting latents in the batch")
     else:
-        z0 = encode_fn(gen_params, x)
+        z0 = spec.encode_fn(params.generator, x)
     decoded0 = decode(z0)
     logits0 = logits_of(x)
     probs0 = jax.nn.softmax(logits0, axis=-1)
@@ -111,18 +155,40 @@ def explain_batch(gen_params, cls_params, batch: Batch, *, decode_fn: Callable,
     else:
         prob_prediction = jnp.max(probs0, axis=-1)
     prob_before = targets.target_probability(logits0, target, value, kind=kind)
+    near_boundary = (prob_prediction - prob_before) < settings.boundary_margin
 
     root = jax.random.key(settings.seed)
     base_keys = jax.vmap(lambda e, t: jax.random.fold_in(jax.random.fold_in(root, e), t))(
         batch.example_ids.astype(jnp.uint32), target.astype(jnp.uint32))
+
+    def projection(keys):
+        """``z -> P(z)`` with this attempt's prior noise (see search/prior_step.py), or None."""
+        if not use_prior:
+            return None
+        eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, PRIOR_NOISE_TAG),
+                                                   z0.shape[1:]))(keys)
+        velocity = functools.partial(models.velocity_fn, params.prior)
+        p = settings.prior
+        return lambda z: prior_step.clean_prediction(
+            velocity, z, eps, strength=p.strength, steps=p.denoise_steps, shift=p.shift,
+            context=batch.context)
 
     def attempt(locked, k):
         keys = jax.vmap(lambda key: jax.random.fold_in(key, k))(base_keys)
         allowed = batch.regions * (1.0 - locked)
         inp = StepInputs(x, z0, decoded0, allowed, target, value, keys)
         res = run_attempt(inp, allowed, batch.valid, decode=decode, logits_fn=logits_of,
-                          settings=settings, kind=kind, downsample=downsample,
-                          progress=progress, attempt=k)
+                          settings=settings, kind=kind, downsample=spec.downsample,
+                          progress=progress, attempt=k, project=projection(keys))
+        if settings.reject_background_spots:
+            spot = res.success & (k > 0) & background_spots.is_background_spot(x, res.image)
+            res = res._replace(success=res.success & ~spot,
+                               image=objectives.tree_select(spot, x, res.image),
+                               latent=objectives.tree_select(spot, z0, res.latent),
+                               logits=objectives.tree_select(spot, logits0, res.logits),
+                               prob_after=jnp.where(spot, prob_before, res.prob_after))
+        else:
+            spot = jnp.zeros_like(res.success)
         change = masks.change_map(res.image, x)
         significant = masks.threshold_mask(change, blur_sigma=settings.mask.blur_sigma,
                                            threshold=settings.mask.threshold) * (change > 0)
@@ -131,7 +197,7 @@ def explain_batch(gen_params, cls_params, batch: Batch, *, decode_fn: Callable,
             locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
         d = objectives.distances(res.latent, z0, res.image, x)
         out = dict(image=res.image, latent=res.latent, mask=res.mask, success=res.success,
-                   nonfinite=res.nonfinite, steps=res.steps, prob_after=res.prob_after,
+                   no_second_reason=spot, nonfinite=res.nonfinite, steps=res.steps, prob_after=res.prob_after,
                    prediction_after=jnp.argmax(res.logits, axis=-1), **d)
         return locked, out
 
@@ -140,4 +206,4 @@ def explain_batch(gen_params, cls_params, batch: Batch, *, decode_fn: Callable,
     per_attempt = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), per_attempt)
     return Explanation(**per_attempt, target=target, target_value=value, prediction=prediction,
                        prob_prediction=prob_prediction, prob_before=prob_before,
-                       reconstruction=decoded0)
+                       near_boundary=near_boundary, reconstruction=decoded0)

@@ -2,13 +2,27 @@
 
 Each step, for every example that is still running:
 
-1. evaluate the output image ``x_cf(z)`` and its (smoothed) gradient;
+1. evaluate the output image ``x_cf(z)`` and its (smoothed) gradient; with a prior, the image
+   judged is ``x_cf(P(z))`` and the gradient is taken there and applied to ``z``
+   (straight-through: ``z + stop_gradient(P(z) - z)``), see below;
 2. if the classifier gives the target decision on ``x_cf(z)``, the example has succeeded:
    its state is frozen from here on (masked, never removed: shapes stay static);
    a non-finite gradient, latent or logit marks it failed and freezes it too;
 3. otherwise mask, clip and sparsify the gradient, take an optimizer step, and reset the
    latent to ``z0`` outside the latent mask;
-4. every ``period`` steps after the warm-up, recompute the edit mask from the change map.
+4. every ``period`` steps after the warm-up, recompute the edit mask from the change map
+   (its holes filled when ``mask.fill_holes``).
+
+With a prior ``P`` (:mod:`sce_jax.search.prior_step`, one noise draw per attempt), the
+reference the edit is measured against is the prior's own version of the original, so the
+search starts from no change at all::
+
+    z_ref = P(z0),   x_ref = D(z_ref)
+    x_cf  = x + m (D(P(z)) - x_ref)                       (residual mode; blend/decoded alike)
+    grad  = d/dz' L(x_cf(z'), z' - z_ref) at z' = P(z)    (applied to z)
+
+``P(z) - z`` is recomputed every ``prior.every`` steps and kept in between; the latent returned
+is ``z0 + P(z) - z_ref`` (the edit, in the original's coordinates).
 
 The loop ends when every valid example is done or the step budget is spent; then the last
 state of the examples still running is checked once more, and an example that never succeeded
@@ -30,7 +44,8 @@ from sce_jax.search.smoothing import StepInputs, objective_gradient
 
 class LoopState(NamedTuple):
     step: jax.Array          # () int32
-    z: jax.Array             # (B, h, w, c)
+    z: jax.Array             # (B, h, w, c) the latent the optimizer moves
+    offset: jax.Array        # (B, h, w, c) P(z) - z, the prior's correction (0 without prior)
     opt_state: object
     pixel_mask: jax.Array    # (B, H, W, 1)
     latent_mask: jax.Array   # (B, h, w, 1)
@@ -38,7 +53,7 @@ class LoopState(NamedTuple):
     success: jax.Array       # (B,) bool
     nonfinite: jax.Array     # (B,) bool
     steps_used: jax.Array    # (B,) int32
-    best_z: jax.Array
+    best_z: jax.Array        # the evaluated latent z + offset of the best state
     best_mask: jax.Array
     best_p: jax.Array        # (B,) target probability of best_z
 
@@ -56,30 +71,45 @@ class AttemptResult(NamedTuple):
 
 def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode: Callable,
                 logits_fn: Callable, settings: SearchSettings, kind: str, downsample: int,
-                progress: Callable | None = None, attempt: int | jax.Array = 0) -> AttemptResult:
+                progress: Callable | None = None, attempt: int | jax.Array = 0,
+                project: Callable[[jax.Array], jax.Array] | None = None) -> AttemptResult:
     """Runs one attempt for a batch.
 
     Args:
-      inp: the batch (``inp.mask`` is ignored: the mask starts as ``allowed``).
+      inp: the batch; its ``mask`` field is replaced by the current edit mask each step.
       allowed: (B, H, W, 1) pixels that may change (user region times unlocked area).
       valid: (B,) False for padding examples, which do no work.
       decode, logits_fn: the generator's decoder and the classifier, over their parameters.
       settings: the static search settings; kind: the target kind (see ``targets``).
       downsample: image size / latent size.
       progress: optional host function ``(attempt, step, num_done, num_valid)``.
+      project: the prior's clean prediction ``z -> P(z)`` (no gradient), or None.
     """
     optimizer = updates.make_optimizer(settings)
     mask_cfg = settings.mask
+    every = settings.prior.every
     lat_allowed = masks.latent_mask(allowed, downsample, 0)
     pixel_mask0 = allowed
+    z0 = inp.z0
+    if project is not None:  # measure edits against the prior's own version of the original
+        z_ref = project(z0)
+        inp = inp._replace(z0=z_ref, decoded0=decode(z_ref))
     finite0 = objectives.all_finite(inp.z0, inp.decoded0, inp.x)
 
     def with_mask(pixel_mask):
         return inp._replace(mask=pixel_mask)
 
+    def correction(z, step, offset):
+        if project is None:
+            return offset
+        if every == 1:
+            return project(z) - z
+        return jax.lax.cond(step % every == 0, lambda: project(z) - z, lambda: offset)
+
     state = LoopState(
         step=jnp.zeros((), jnp.int32),
-        z=inp.z0,
+        z=z0,
+        offset=inp.z0 - z0,
         opt_state=optimizer.init(inp.z0),
         pixel_mask=pixel_mask0,
         latent_mask=lat_allowed,
@@ -96,15 +126,17 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
         return (s.step < settings.steps) & jnp.any(~s.done)
 
     def body(s: LoopState):
-        out = objective_gradient(s.z, s.step, with_mask(s.pixel_mask), decode=decode,
+        offset = correction(s.z, s.step, s.offset)
+        z_eval = s.z + offset
+        out = objective_gradient(z_eval, s.step, with_mask(s.pixel_mask), decode=decode,
                                  logits_fn=logits_fn, settings=settings, kind=kind)
         p = targets.target_probability(out.logits, inp.target, inp.value, kind=kind)
         reached = targets.target_reached(out.logits, inp.target, inp.value, kind=kind,
                                          goal_probability=settings.goal_probability)
-        finite = objectives.all_finite(out.grad, out.logits, s.z)
+        finite = objectives.all_finite(out.grad, out.logits, z_eval)
         active = ~s.done
         improve = active & finite & (p > s.best_p)
-        best_z = objectives.tree_select(improve, s.z, s.best_z)
+        best_z = objectives.tree_select(improve, z_eval, s.best_z)
         best_mask = objectives.tree_select(improve, s.pixel_mask, s.best_mask)
         best_p = jnp.where(improve, p, s.best_p)
         success = s.success | (active & finite & reached)
@@ -115,7 +147,7 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
         grad = updates.process_gradient(jnp.where(finite.reshape(-1, 1, 1, 1), out.grad, 0.0),
                                         s.latent_mask, settings)
         step_updates, opt_state = optimizer.update(grad, s.opt_state, s.z)
-        z = inp.z0 + s.latent_mask * (s.z + step_updates - inp.z0)
+        z = z0 + s.latent_mask * (s.z + step_updates - z0)
 
         pixel_mask, latent_mask = s.pixel_mask, s.latent_mask
         if mask_cfg.enabled:
@@ -126,17 +158,21 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
                 # pixels, and a peak there would push the whole allowed area below tau.
                 change = masks.change_map(out.decoded, inp.decoded0) * allowed
                 keep = masks.threshold_mask(change, blur_sigma=mask_cfg.blur_sigma,
-                                            threshold=mask_cfg.threshold) * allowed
+                                            threshold=mask_cfg.threshold)
+                if mask_cfg.fill_holes:
+                    keep = masks.fill_holes(keep)
+                keep = keep * allowed
                 pm = masks.soften(keep, allowed, mask_cfg.soft_border)
                 return pm, masks.latent_mask(pm, downsample, mask_cfg.dilation) * lat_allowed
 
             pixel_mask, latent_mask = jax.lax.cond(due, new_masks, lambda _: (pixel_mask, latent_mask), None)
-            z = inp.z0 + latent_mask * (z - inp.z0)
+            z = z0 + latent_mask * (z - z0)
 
         keep = ~done
         new = s._replace(
             step=s.step + 1,
             z=objectives.tree_select(keep, z, s.z),
+            offset=objectives.tree_select(active, offset, s.offset),  # the one judged this step
             opt_state=objectives.tree_select(keep, opt_state, s.opt_state),
             pixel_mask=objectives.tree_select(keep, pixel_mask, s.pixel_mask),
             latent_mask=objectives.tree_select(keep, latent_mask, s.latent_mask),
@@ -152,20 +188,22 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
     s = jax.lax.while_loop(cond, body, state)
 
     # The examples still running were updated after their last check: check them once more.
-    decoded = decode(s.z)
+    # (A frozen example keeps the latent it was judged at: z + offset.)
+    running = ~s.done
+    z_last = s.z + objectives.tree_select(running, correction(s.z, s.step, s.offset), s.offset)
+    decoded = decode(z_last)
     x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, s.pixel_mask, mode=settings.output_mode)
     logits = logits_fn(x_cf)
     p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
     reached = targets.target_reached(logits, inp.target, inp.value, kind=kind,
                                      goal_probability=settings.goal_probability)
-    finite = objectives.all_finite(x_cf, logits, s.z)
-    running = ~s.done
+    finite = objectives.all_finite(x_cf, logits, z_last)
     success = s.success | (running & finite & reached)
     nonfinite = s.nonfinite | (running & ~finite)
     steps_used = jnp.where(running, s.step, s.steps_used)
     # Failed examples return their best state; succeeded ones the state that succeeded.
     use_best = ~success & (s.best_p > jnp.where(finite, p, -jnp.inf))
-    z = objectives.tree_select(use_best, s.best_z, s.z)
+    z = objectives.tree_select(use_best, s.best_z, z_last)
     mask = objectives.tree_select(use_best, s.best_mask, s.pixel_mask)
     decoded = jax.lax.cond(jnp.any(use_best), decode, lambda _: decoded, z)
     x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, mask, mode=settings.output_mode)
@@ -173,6 +211,7 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
     p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
     bad = nonfinite | ~objectives.all_finite(x_cf, logits)
     image = objectives.tree_select(bad, inp.x, x_cf)
-    return AttemptResult(image=image, latent=z, mask=mask, logits=logits,
+    latent = z if project is None else z0 + (z - inp.z0)  # the edit, from the original
+    return AttemptResult(image=image, latent=latent, mask=mask, logits=logits,
                          prob_after=jnp.where(bad, jnp.nan, p), success=success & ~bad & valid,
                          nonfinite=bad & valid, steps=steps_used)

@@ -6,8 +6,13 @@ image may change. The edit mask of a search step (DESIGN.md section 2.6) is::
     d    = sum_c |D(z) - x0| * allowed       change map of the current reconstruction
                                              (inside the area that may change)
     d'   = blur_sigma(d) / max(blur_sigma(d))
-    keep = [d' >= tau] * allowed             allowed = user region * unlocked area
+    keep = fill([d' >= tau]) * allowed       allowed = user region * unlocked area
     m    = blur_border(keep) * allowed       soft border, never outside ``allowed``
+
+``fill`` (optional, ``mask.fill_holes``) adds the holes of the mask: pixels that no 4-connected
+path of unmasked pixels joins to the image border. The first change map of a search peaks on
+the edges of what it changes (a square's outline, say); without the fill the mask would close
+onto that ring and the inside could never change.
 
 and its latent version is a max-pool of ``m > 0`` over each latent cell, dilated by ``dilation``
 cells, so a latent cell may move when any pixel it decodes to may change.
@@ -54,6 +59,42 @@ def threshold_mask(change: jax.Array, *, blur_sigma: float, threshold: float) ->
     peak = jnp.max(blurred, axis=(1, 2, 3), keepdims=True)
     normalised = jnp.where(peak > 0, blurred / jnp.where(peak > 0, peak, 1.0), 1.0)
     return (normalised >= threshold).astype(change.dtype)
+
+
+def border_pixels(height: int, width: int) -> np.ndarray:
+    """(H, W, 1) bool (a constant), True on the image's outermost rows and columns."""
+    border = np.zeros((height, width, 1), bool)
+    border[0] = border[-1] = border[:, 0] = border[:, -1] = True
+    return border
+
+
+def flood(seeds: jax.Array, passable: jax.Array) -> jax.Array:
+    """(B, H, W, 1) bool: the pixels reached from ``seeds`` through ``passable`` pixels.
+
+    Repeated 4-neighbour dilation restricted to ``passable`` until nothing changes (a
+    ``lax.while_loop``: at most one pass per pixel of the longest path).
+    """
+    def grow(reached):
+        padded = jnp.pad(reached, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        neighbours = (padded[:, :-2, 1:-1] | padded[:, 2:, 1:-1] | padded[:, 1:-1, :-2]
+                      | padded[:, 1:-1, 2:])
+        return reached | (neighbours & passable)
+
+    start = seeds & passable
+    reached, _ = jax.lax.while_loop(lambda c: jnp.any(c[0] != c[1]),
+                                    lambda c: (grow(c[0]), c[0]), (grow(start), start))
+    return reached
+
+
+def fill_holes(mask: jax.Array) -> jax.Array:
+    """Binary (B, H, W, 1) mask plus its holes (regions enclosed by it, see the module docstring).
+
+    The outside is flooded from the unmasked border pixels through unmasked pixels; what it
+    never reaches is a hole.
+    """
+    free = mask <= 0
+    outside = flood(free & border_pixels(mask.shape[1], mask.shape[2])[None], free)
+    return jnp.where(outside, 0.0, 1.0).astype(mask.dtype)
 
 
 def soften(mask: jax.Array, allowed: jax.Array, border: float) -> jax.Array:

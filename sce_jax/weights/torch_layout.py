@@ -21,6 +21,11 @@ NNX layer          PyTorch tensor        NNX variable        transform (PyTorch 
 other module       ``<name>``            ``<name>``          identity (a raw ``nnx.Param``)
 =================  ====================  ==================  ===============================
 
+Raw parameters keep PyTorch's layout and name: ``nn.MultiheadAttention``'s packed
+``in_proj_weight`` (3D, D) / ``in_proj_bias`` and the ViT's ``class_token`` /
+``encoder.pos_embedding`` (:mod:`sce_jax.models.vit`), the ``weight`` of FLUX's RMS norms
+(:mod:`sce_jax.models.flux_layers`).
+
 A 1x1 ``nnx.Linear`` also accepts a PyTorch 1x1 convolution weight of shape (O, I, 1, 1)
 (old diffusers checkpoints stored attention projections that way); the trailing unit axes
 are dropped before the transpose.
