@@ -53,7 +53,8 @@ from sce_jax import data as data_lib
 from sce_jax import image_io, parallel
 from sce_jax.distributed import DistributedSetupError
 from sce_jax.explainer import Explainer, all_other_classes
-from sce_jax.loaders import load_classifier, load_generator, load_prior
+from sce_jax.loaders import (check_prior_inputs, load_classifier, load_generator, load_prior,
+                             load_prior_context)
 from sce_jax.progress import Progress
 from sce_jax.run_config import RunConfigError, validate_run_config
 from sce_jax.search import targets as target_lib
@@ -296,6 +297,7 @@ def _open_inputs(config: ml_collections.ConfigDict):
     generator = load_generator(config.generator)
     classifier = load_classifier(config.classifier)
     prior = load_prior(config.prior) if config.search.prior.enabled else None
+    context = load_prior_context(config.prior, prior)
     if config.targets.kind in ("class", "flip") and config.targets.class_index >= 0:
         classifier.check_target(config.targets.class_index)
     dataset = data_lib.open_dataset(
@@ -304,8 +306,10 @@ def _open_inputs(config: ml_collections.ConfigDict):
         images_key=config.data.npz_images_key, labels_key=config.data.npz_labels_key,
         limit=int(config.data.limit) or None,
         num_classes=classifier.num_outputs if classifier.head == "multiclass" else None)
-    generator.latent_shape(tuple(config.data.image_size))  # a size that does not fit: now
-    return generator, classifier, prior, dataset
+    latent_shape = generator.latent_shape(tuple(config.data.image_size))  # not fitting: now
+    if prior is not None:
+        check_prior_inputs(prior, latent_shape, context)
+    return generator, classifier, prior, context, dataset
 
 
 def _barrier(name: str, process_count: int) -> None:
@@ -341,7 +345,7 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
     if process_index == 0:
         _check_workdir_writable(workdir)
     try:
-        generator, classifier, prior, dataset = _open_inputs(config)
+        generator, classifier, prior, context, dataset = _open_inputs(config)
     except RunConfigError:
         raise
     except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
@@ -381,7 +385,8 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
         for batch in data_lib.iterate_batches(dataset, int(config.batch_size), skip_ids=done,
                                               process_index=process_index, process_count=process_count,
                                               pad_to_num_batches=num_batches):
-            records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind, writer)
+            records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind, writer,
+                                     context)
             if records:
                 writer.write_batch(min(r["example_id"] for r in records), records)
             committed += 1
@@ -413,8 +418,9 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
 
 
 def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
-                   writer: _Writer) -> list[dict[str, Any]]:
-    """Searches one data batch and writes its images; returns its manifest records."""
+                   writer: _Writer, context: Any = None) -> list[dict[str, Any]]:
+    """Searches one data batch and writes its images; returns its manifest records
+    (``context``: the prior's conditioning, one row for every image)."""
     labels_by_id = dict(zip(np.asarray(batch.example_ids).tolist(), np.asarray(batch.labels).tolist()))
     records = [_skip_record(s, _label(labels_by_id.get(int(s.example_id), -1))) for s in batch.skipped]
     valid = np.asarray(batch.valid, bool)
@@ -443,7 +449,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         targets = np.full(images.shape[0], -1, np.int32)
     batch_arrays, size = explainer.prepare_batch(
         images[rows], targets, kind=kind, example_ids=ids[rows], regions=regions[rows],
-        valid=valid[rows])
+        valid=valid[rows], context=context)
     result = explainer.explain_arrays(batch_arrays, kind=kind)
     result = jax.tree.map(lambda a: parallel.local_rows(a)[:size], result)
 
