@@ -38,11 +38,11 @@ def test_forward_flops_is_xla_count_of_the_batched_forward(monkeypatch):
     from flax import nnx
 
     from benchmarks.prior_cost_sd3 import forward_flops
-    from sce_jax.models import attention, transformer_layers
+    from sce_jax.models import attention, sd3_transformer
     from sce_jax.models.sd3_transformer import SD3Transformer2DModel, SD3TransformerConfig
 
     # XLA counts a loop's body once: take the batched attention, as off CPU.
-    monkeypatch.setattr(transformer_layers, "attention", attention._attention_batched)
+    monkeypatch.setattr(sd3_transformer, "attention", attention._attention_batched)
     config = dict(TINY, num_layers=3, attention_head_dim=64, caption_projection_dim=128,
                   joint_attention_dim=32, dual_attention_layers=(0,), qk_norm="rms_norm")
     model = nnx.eval_shape(lambda: SD3Transformer2DModel(SD3TransformerConfig(**config),

@@ -35,7 +35,7 @@ from tests.torch_interop import single_torch_thread  # noqa: E402,F401  (autouse
 pytestmark = pytest.mark.torch
 
 TOL = 1e-4  # max abs error relative to max(1, max |expected|), float32
-BF16_TOL = 3e-2  # same measure, bfloat16 compute vs diffusers float32 (measured: 1.1e-2)
+BF16_TOL = 3e-2  # same measure, bfloat16 compute vs diffusers float32 (measured: 1.9e-2)
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 TINY = dict(sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,

@@ -24,6 +24,13 @@ branch only feeds keys and values (AdaLayerNormContinuous, no context output). S
 ``dual_attention_layers`` add a second, image-only self-attention (``attn2``) modulated by the
 three extra chunks of ``SD35AdaLayerNormZeroX``.
 
+The layers SD3 shares with FLUX (AdaLN-Zero and continuous norms, the timestep / pooled-text
+embedding, the feed-forward, RMS norms, linear layers accumulating bfloat16 products in
+float32) come from :mod:`sce_jax.models.flux_layers`, the attention from
+:mod:`sce_jax.models.attention`; the joint attention with its context-pre-only form, the
+cropped position grid and the blocks are here. Precision with ``dtype=bfloat16``: products
+in bfloat16 (float32 accumulation), norms, softmax and the residual streams in float32.
+
 The module tree mirrors diffusers' (``transformer_blocks.3.attn.add_q_proj``,
 ``pos_embed.pos_embed`` ...), so a diffusers state dict loads by layer type without renames.
 Load with :meth:`SD3Transformer2DModel.from_pretrained` (a ``transformer/`` folder, a pipeline
@@ -42,16 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sce_jax.models.attention import attention
+from sce_jax.models.flux_layers import (NORM_EPS, AdaLayerNormContinuous, AdaLayerNormZero,
+                                        CombinedTimestepTextProjEmbeddings, FeedForward,
+                                        FluxLayerFactory, RMSNorm, layer_norm)
 from sce_jax.models.model_config import ConfigError
-from sce_jax.models.transformer_layers import (QK_NORMS, AdaLayerNormContinuous,
-                                               AdaLayerNormZero, Attention, FeedForward,
-                                               layer_norm, linear, modulate,
-                                               timestep_embedding)
 from sce_jax.models.vae_blocks import LayerFactory
 
 Array = jax.Array
-
-TIMESTEP_CHANNELS = 256  # diffusers' CombinedTimestepTextProjEmbeddings: Timesteps(256, ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,42 +183,91 @@ class PatchEmbed(nnx.Module):
         return x + grid.reshape(1, h * w, -1).astype(jnp.float32)
 
 
-class TimestepEmbedding(nnx.Module):
-    """diffusers ``TimestepEmbedding(256, D)``: ``linear_2(silu(linear_1(x)))``."""
-
-    def __init__(self, in_channels: int, dim: int, *, make: LayerFactory):
-        self.linear_1 = linear(make, in_channels, dim)
-        self.linear_2 = linear(make, dim, dim)
-
-    def __call__(self, x: Array) -> Array:
-        return self.linear_2(jax.nn.silu(self.linear_1(x)))
+def _rms_norm(dim: int, make: LayerFactory) -> RMSNorm:
+    return RMSNorm(dim, eps=NORM_EPS, param_dtype=make.param_dtype)
 
 
-class CombinedTimestepTextProjEmbeddings(nnx.Module):
-    """diffusers' conditioning vector: ``temb = timestep_embedder(sinusoid_256(t)) +
-    text_embedder(pooled)``, both two-layer SiLU MLPs (``PixArtAlphaTextProjection``, silu)."""
+# diffusers Attention's ``qk_norm`` values this port supports -> the per-head norm it builds.
+QK_NORMS = {"rms_norm": _rms_norm}
 
-    def __init__(self, dim: int, pooled_dim: int, *, make: LayerFactory):
-        self.timestep_embedder = TimestepEmbedding(TIMESTEP_CHANNELS, dim, make=make)
-        self.text_embedder = TimestepEmbedding(pooled_dim, dim, make=make)
 
-    def __call__(self, timestep: Array, pooled: Array) -> Array:
-        t = self.timestep_embedder(timestep_embedding(timestep, TIMESTEP_CHANNELS))
-        return (t.astype(jnp.float32) + self.text_embedder(pooled).astype(jnp.float32))
+class Attention(nnx.Module):
+    """diffusers ``Attention`` with ``JointAttnProcessor2_0``: self-attention over the image
+    tokens, joined (when ``added_kv``) by the context tokens' own projections::
+
+        q = [norm_q(to_q x), norm_added_q(add_q_proj c)]    (per head; k, v likewise)
+        a = attention(q, k, v)                              (sce_jax.models.attention)
+        x' = to_out.0(a[:T_x]),   c' = to_add_out(a[T_x:])  (c' absent if context_pre_only)
+
+    Args:
+      dim: token width (query and output).
+      heads, head_dim: the heads; ``heads * head_dim`` is the projection width.
+      qk_norm: None or a key of :data:`QK_NORMS` (per-head norm of queries and keys).
+      added_kv: build the context projections (``add_{q,k,v}_proj``) -- a joint block.
+      context_pre_only: the last joint block's attention: context tokens take part as keys and
+        values, but their output is dropped (no ``to_add_out``).
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, *, qk_norm: str | None,
+                 added_kv: bool, context_pre_only: bool = False, make: LayerFactory):
+        inner = heads * head_dim
+        self.heads, self.head_dim = heads, head_dim
+        self.to_q = make.linear(dim, inner)
+        self.to_k = make.linear(dim, inner)
+        self.to_v = make.linear(dim, inner)
+        norm = QK_NORMS[qk_norm] if qk_norm is not None else None
+        self.norm_q = norm(head_dim, make) if norm else None
+        self.norm_k = norm(head_dim, make) if norm else None
+        if added_kv:
+            self.add_q_proj = make.linear(dim, inner)
+            self.add_k_proj = make.linear(dim, inner)
+            self.add_v_proj = make.linear(dim, inner)
+            self.norm_added_q = norm(head_dim, make) if norm else None
+            self.norm_added_k = norm(head_dim, make) if norm else None
+        else:
+            self.add_q_proj = self.add_k_proj = self.add_v_proj = None
+            self.norm_added_q = self.norm_added_k = None
+        self.to_out = nnx.List([make.linear(inner, dim)])  # to_out.1 is a dropout
+        self.to_add_out = make.linear(inner, dim) if added_kv and not context_pre_only else None
+
+    def _heads(self, x: Array, proj: nnx.Linear, norm: nnx.Module | None) -> Array:
+        b, t, _ = x.shape
+        y = proj(x).reshape(b, t, self.heads, self.head_dim)
+        return norm(y) if norm is not None else y
+
+    def __call__(self, x: Array, context: Array | None = None) -> tuple[Array, Array | None]:
+        """``(x', c')`` for image tokens ``x`` (B, T, D) and context tokens ``context``."""
+        q = self._heads(x, self.to_q, self.norm_q)
+        k = self._heads(x, self.to_k, self.norm_k)
+        v = self._heads(x, self.to_v, None)
+        tokens = x.shape[1]
+        if context is not None:
+            q = jnp.concatenate([q, self._heads(context, self.add_q_proj, self.norm_added_q)], 1)
+            k = jnp.concatenate([k, self._heads(context, self.add_k_proj, self.norm_added_k)], 1)
+            v = jnp.concatenate([v, self._heads(context, self.add_v_proj, None)], 1)
+        dtype = self.to_q.dtype or jnp.float32
+        a = attention(q.astype(dtype), k.astype(dtype), v.astype(dtype))
+        a = a.reshape(a.shape[0], a.shape[1], self.heads * self.head_dim)
+        out = self.to_out[0](a[:, :tokens])
+        if context is None or self.to_add_out is None:
+            return out, None
+        return out, self.to_add_out(a[:, tokens:])
 
 
 class JointTransformerBlock(nnx.Module):
     """diffusers ``JointTransformerBlock`` (MMDiT): image tokens x and context tokens c,
-    each with its own AdaLN-Zero modulation, attend jointly::
+    each with its own AdaLN-Zero modulation (``norm1``, ``norm1_context``), attend jointly::
 
-        x_n = modulate(ln(x), shift_msa, scale_msa);  c_n likewise (norm1_context)
+        x_n = ln(x) (1 + scale_msa) + shift_msa;  c_n likewise
         a_x, a_c = attn(x_n, c_n)
-        x += gate_msa a_x    [+ gate_msa2 attn2(modulate(ln(x_old), shift_msa2, scale_msa2))]
-        x += gate_mlp ff(modulate(ln(x), shift_mlp, scale_mlp))
-        c += c_gate_msa a_c;  c += c_gate_mlp ff_context(modulate(ln(c), ...))
+        x += gate_msa a_x    [+ gate_msa2 attn2(ln(x_old) (1 + scale_msa2) + shift_msa2)]
+        x += gate_mlp ff(ln(x) (1 + scale_mlp) + shift_mlp)
+        c += c_gate_msa a_c;  c += c_gate_mlp ff_context(ln(c) (1 + c_scale_mlp) + c_shift_mlp)
 
-    With ``context_pre_only`` (the last block) c is normalised by AdaLayerNormContinuous,
-    feeds only the attention's keys and values, and the block returns ``c = None``.
+    ``norm1`` has 9 chunks (``SD35AdaLayerNormZeroX``) in a dual-attention block, else 6. With
+    ``context_pre_only`` (the last block) c is normalised by AdaLayerNormContinuous, feeds only
+    the attention's keys and values, and the block returns ``c = None``. The residual streams
+    x and c stay float32.
     """
 
     def __init__(self, config: SD3TransformerConfig, *, context_pre_only: bool,
@@ -221,11 +275,11 @@ class JointTransformerBlock(nnx.Module):
         d, heads, head = config.inner_dim, config.num_attention_heads, config.attention_head_dim
         self.context_pre_only = context_pre_only
         self.use_dual_attention = use_dual_attention
-        self.norm1 = AdaLayerNormZero(d, chunks=9 if use_dual_attention else 6, make=make)
+        self.norm1 = AdaLayerNormZero(d, 9 if use_dual_attention else 6, make=make)
         if context_pre_only:
             self.norm1_context = AdaLayerNormContinuous(d, d, make=make)
         else:
-            self.norm1_context = AdaLayerNormZero(d, make=make)
+            self.norm1_context = AdaLayerNormZero(d, 6, make=make)
         self.attn = Attention(d, heads, head, qk_norm=config.qk_norm, added_kv=True,
                               context_pre_only=context_pre_only, make=make)
         self.attn2 = (Attention(d, heads, head, qk_norm=config.qk_norm, added_kv=False, make=make)
@@ -235,32 +289,28 @@ class JointTransformerBlock(nnx.Module):
 
     def __call__(self, x: Array, c: Array, temb: Array) -> tuple[Array | None, Array]:
         dtype = self.attn.to_q.dtype or jnp.float32
-        chunks = self.norm1(temb)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = chunks[:6]
-        x_ln = layer_norm(x)
-        x_n = modulate(x_ln, shift_msa, scale_msa).astype(dtype)
+        f32 = jnp.float32
+        x_n, gate_msa, shift_mlp, scale_mlp, gate_mlp, *dual = self.norm1(x, temb)
         if self.context_pre_only:
-            c_n = self.norm1_context(c, temb).astype(dtype)
+            c_n = self.norm1_context(c, temb)
         else:
-            c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = \
-                self.norm1_context(temb)
-            c_n = modulate(layer_norm(c), c_shift_msa, c_scale_msa).astype(dtype)
+            c_n, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(c, temb)
 
-        a_x, a_c = self.attn(x_n, c_n)
-        x = x + gate_msa[:, None] * a_x.astype(jnp.float32)
+        a_x, a_c = self.attn(x_n.astype(dtype), c_n.astype(dtype))
+        x_old, x = x, x + gate_msa[:, None].astype(f32) * a_x.astype(f32)
         if self.use_dual_attention:
-            shift_msa2, scale_msa2, gate_msa2 = chunks[6:]
-            x2 = modulate(x_ln, shift_msa2, scale_msa2).astype(dtype)
-            a2, _ = self.attn2(x2)
-            x = x + gate_msa2[:, None] * a2.astype(jnp.float32)
-        x_n = modulate(layer_norm(x), shift_mlp, scale_mlp).astype(dtype)
-        x = x + gate_mlp[:, None] * self.ff(x_n).astype(jnp.float32)
+            shift_msa2, scale_msa2, gate_msa2 = dual
+            x2 = layer_norm(x_old) * (1 + scale_msa2[:, None]) + shift_msa2[:, None]
+            a2, _ = self.attn2(x2.astype(dtype))
+            x = x + gate_msa2[:, None].astype(f32) * a2.astype(f32)
+        x_n = layer_norm(x) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        x = x + gate_mlp[:, None].astype(f32) * self.ff(x_n.astype(dtype)).astype(f32)
 
         if self.context_pre_only:
             return None, x
-        c = c + c_gate_msa[:, None] * a_c.astype(jnp.float32)
-        c_n = modulate(layer_norm(c), c_shift_mlp, c_scale_mlp).astype(dtype)
-        c = c + c_gate_mlp[:, None] * self.ff_context(c_n).astype(jnp.float32)
+        c = c + c_gate_msa[:, None].astype(f32) * a_c.astype(f32)
+        c_n = layer_norm(c) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+        c = c + c_gate_mlp[:, None].astype(f32) * self.ff_context(c_n.astype(dtype)).astype(f32)
         return c, x
 
 
@@ -270,8 +320,9 @@ class SD3Transformer2DModel(nnx.Module):
     Args:
       config: the architecture.
       rngs: for the (random) initial parameters.
-      dtype: compute dtype of the linear layers and attention (float32 or bfloat16); norms,
-        modulation, softmax and the residual stream are float32, the output is float32.
+      dtype: compute dtype of the linear layers and attention (float32 or bfloat16; bfloat16
+        products accumulate in float32); norms, softmax and the residual streams are float32,
+        the output is float32.
       param_dtype: parameter dtype (float32 unless memory matters).
     """
 
@@ -282,12 +333,12 @@ class SD3Transformer2DModel(nnx.Module):
                  param_dtype: Any = jnp.float32):
         self.config = config
         self.dtype = dtype
-        make = LayerFactory(rngs, dtype, param_dtype)
+        make = FluxLayerFactory(rngs, dtype, param_dtype)
         d = config.inner_dim
         self.pos_embed = PatchEmbed(config, make=make)
         self.time_text_embed = CombinedTimestepTextProjEmbeddings(
-            d, config.pooled_projection_dim, make=make)
-        self.context_embedder = linear(make, config.joint_attention_dim,
+            d, config.pooled_projection_dim, guidance=False, make=make)
+        self.context_embedder = make.linear(config.joint_attention_dim,
                                             config.caption_projection_dim)
         self.transformer_blocks = nnx.List([
             JointTransformerBlock(config, context_pre_only=i == config.num_layers - 1,
@@ -295,7 +346,7 @@ class SD3Transformer2DModel(nnx.Module):
             for i in range(config.num_layers)])
         self.norm_out = AdaLayerNormContinuous(d, d, make=make)
         p = config.patch_size
-        self.proj_out = linear(make, d, p * p * config.output_channels)
+        self.proj_out = make.linear(d, p * p * config.output_channels)
 
     def __call__(self, hidden_states: Array, encoder_hidden_states: Array,
                  pooled_projections: Array, timestep: Array) -> Array:
@@ -312,7 +363,7 @@ class SD3Transformer2DModel(nnx.Module):
         b, height, width, _ = hidden_states.shape
         p = cfg.patch_size
         x = self.pos_embed(hidden_states)
-        temb = self.time_text_embed(timestep, pooled_projections)
+        temb = self.time_text_embed(timestep, None, pooled_projections)
         c = self.context_embedder(encoder_hidden_states).astype(jnp.float32)
         for block in self.transformer_blocks:
             c, x = block(x, c, temb)
