@@ -2,7 +2,8 @@
 
 The public API: :class:`Generator` (the autoencoder the search runs in), :class:`Classifier`
 (the model explained), :class:`Prior` (an optional flow-matching model that keeps edits on the
-image manifold), :class:`Explainer` (the search), and :func:`default_search_config`.
+image manifold), :class:`Explainer` (the search), :func:`default_search_config`, and
+:func:`save_explanation` (a result as PNGs, manifest and report, as the dataset run writes them).
 Importing the package has no side effects.
 """
 
@@ -10,9 +11,10 @@ from sce_jax.classifier import Classifier, Preprocessing
 from sce_jax.explainer import Explainer, all_other_classes
 from sce_jax.generator import Generator
 from sce_jax.prior import Prior
+from sce_jax.saving import save_explanation
 from sce_jax.search.config import default_search_config
 
 __version__ = "0.1.0"
 
 __all__ = ["Classifier", "Explainer", "Generator", "Preprocessing", "Prior", "all_other_classes",
-           "default_search_config", "__version__"]
+           "default_search_config", "save_explanation", "__version__"]

@@ -2,18 +2,20 @@
 
 Sources (:func:`open_dataset` picks by what ``source`` is):
 
-- **an image folder**, searched recursively for ``.png .jpg .jpeg .webp .bmp .tif .tiff``
-  (any letter case; names starting with ``.`` are ignored), sorted by their path relative to
-  the folder. No labels.
+- **an image folder**, searched recursively for ``.png .jpg .jpeg .webp .bmp .tif .tiff
+  .gif`` (GIF: the first frame) and the other image formats of ``OTHER_IMAGE_EXTENSIONS``
+  (HEIC, AVIF, SVG, RAW, ...: explained if Pillow decodes them, else skipped with the reason),
+  any letter case, names starting with ``.`` ignored; sorted by their path relative to the
+  folder. No labels.
 - **an .npz file** in the MedMNIST layout: ``images`` (N, H, W) or (N, H, W, C), uint8 /
   uint16 / bool / float in [0, 1], and ``labels`` (N,) or (N, 1) ints; other key names
   (``train_images``, ``test_labels``, ...) are chosen with ``images_key`` / ``labels_key``
   (``labels_key=None``: no labels). The arrays are read into memory when the file is opened
   (an ``.npz`` member is one array); data larger than memory belongs in a folder or a CSV.
 - **a CSV file** with a header ``path,target[,region][,label]``: ``path`` is an image
-  (relative paths are relative to the CSV's folder), ``target`` an int class index or empty
-  (no target), ``region`` an optional mask image of the same size whose nonzero pixels may
-  change, ``label`` an optional int true class. One example per row, in row order.
+  (relative paths are relative to the CSV's folder), ``target`` an int class index, a class
+  name of the classifier's ``class_names`` or empty (no target), ``region`` an optional mask
+  image of the same size whose nonzero pixels may change, ``label`` an optional int true class. One example per row, in row order.
 
 Every example has a stable global ``example_id`` (its index in that order) and a ``source``
 string (the file path, or ``file.npz[i]``).
@@ -27,10 +29,11 @@ reduction the filter widens to cover every source pixel). Region masks take the 
 and resize and keep the pixels covered at least half (``coverage >= 0.5``).
 
 Errors: a problem with the run's input as a whole (missing or empty folder, an npz without
-its images, NaN pixels, labels out of range, a CSV without its columns) raises
+its images or with NaN in every image, labels out of range, a CSV without its columns) raises
 :class:`DataError` before any work. A problem with one example (a corrupt or truncated
-file, a non-image with an image extension, an unreadable file, a bad region mask) makes it a
-:class:`SkipRecord` with the reason, reported with the batch it belongs to.
+file, a non-image with an image extension, an unreadable file, a bad region mask, an npz
+image with NaN or infinite pixels) makes it a :class:`SkipRecord` with the reason, reported
+with the batch it belongs to: one bad image never stops a run, whatever the source.
 
 Batches (:func:`iterate_batches`) have a fixed shape: the last one is padded with
 ``valid=False`` rows, so a jitted search compiles once. Process ``p`` of ``P`` reads the
@@ -55,8 +58,13 @@ import numpy as np
 from PIL import Image
 
 from sce_jax import image_io
+from sce_jax.class_names import ClassNameError, class_index, needs_names
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Image formats a folder may hold that Pillow may not decode: they are examples too, so a file
+# that cannot be decoded is a skip record with its reason, never silently left out.
+OTHER_IMAGE_EXTENSIONS = (".heic", ".heif", ".avif", ".jxl", ".jp2", ".svg", ".ico", ".psd",
+                          ".dng", ".raw", ".cr2", ".nef", ".arw", ".pgm", ".ppm", ".pbm", ".tga")
 CSV_REQUIRED_COLUMNS = ("path", "target")
 CSV_OPTIONAL_COLUMNS = ("region", "label")
 NO_LABEL = -1  # in label and target arrays: none given
@@ -306,7 +314,8 @@ def _find_images(folder: str) -> list[str]:
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS +
+                                                                  OTHER_IMAGE_EXTENSIONS):
                 found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
     return found
 
@@ -388,12 +397,11 @@ def _npz_pixels(images: np.ndarray, path: str, key: str):
         scale = 1.0
     elif np.issubdtype(kind, np.floating):
         scale = 1.0
-        finite = np.isfinite(images)
-        if not finite.all():
-            bad = np.flatnonzero(~finite.reshape(images.shape[0], -1).all(axis=1))
-            raise DataError(f"{path}: {key!r} holds NaN or infinite pixels in {bad.size} images "
-                            f"(first: index {int(bad[0])})")
-        low, high = float(images.min()), float(images.max())
+        nonfinite = ~np.isfinite(images).reshape(images.shape[0], -1).all(axis=1)
+        if nonfinite.all():
+            raise DataError(f"{path}: {key!r} holds NaN or infinite pixels in every image")
+        finite_images = images[~nonfinite] if nonfinite.any() else images
+        low, high = float(finite_images.min()), float(finite_images.max())
         if low < 0.0 or high > 1.0:
             raise DataError(f"{path}: float {key!r} must lie in [0, 1], found [{low:g}, {high:g}]; "
                             "store uint8 (0..255) or divide by the maximum")
@@ -401,7 +409,11 @@ def _npz_pixels(images: np.ndarray, path: str, key: str):
         raise DataError(f"{path}: {key!r} has dtype {kind}; expected uint8, uint16, bool or float "
                         "in [0, 1]")
 
+    bad = set(np.flatnonzero(nonfinite).tolist()) if np.issubdtype(kind, np.floating) else set()
+
     def pixels(i: int) -> np.ndarray:
+        if i in bad:  # one bad image is skipped, as a bad file in a folder is
+            raise _ExampleProblem(f"the image holds NaN or infinite pixels ({path}[{i}])")
         x = images[i].astype(np.float32) / scale
         if x.ndim == 2:
             x = x[..., None]
@@ -415,8 +427,8 @@ def _npz_pixels(images: np.ndarray, path: str, key: str):
 class CsvDataset(Dataset):
     """Examples listed in a CSV file: ``path,target[,region][,label]`` (see the module doc)."""
 
-    def __init__(self, path: str, **options):
-        rows = _read_csv_rows(path)
+    def __init__(self, path: str, *, class_names: Sequence[str] | None = None, **options):
+        rows = _read_csv_rows(path, class_names)
         folder = os.path.dirname(path)
         self._regions = [None if not r["region"] else os.path.join(folder, r["region"]) for r in rows]
         sources = [os.path.join(folder, r["path"]) for r in rows]
@@ -444,7 +456,17 @@ def _csv_int(value: str, column: str, line: int, path: str) -> int:
     return number
 
 
-def _read_csv_rows(path: str) -> list[dict]:
+def _csv_target(value: str, line: int, path: str, class_names: Sequence[str] | None) -> int:
+    """A CSV target: an index, empty (none) or a class name (see :mod:`sce_jax.class_names`)."""
+    if not needs_names([value.strip()]):
+        return _csv_int(value, "target", line, path)
+    try:
+        return class_index(value, class_names, what=f"{path} line {line}: target")
+    except ClassNameError as e:
+        raise DataError(str(e)) from None
+
+
+def _read_csv_rows(path: str, class_names: Sequence[str] | None = None) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"CSV file {path} does not exist")
     try:
@@ -475,7 +497,7 @@ def _read_csv_rows(path: str) -> list[dict]:
         if not row["path"].strip():
             raise DataError(f"{path} line {line}: empty path")
         rows.append({"path": row["path"].strip(),
-                     "target": _csv_int(row["target"], "target", line, path),
+                     "target": _csv_target(row["target"], line, path, class_names),
                      "region": row.get("region", "").strip(),
                      "label": _csv_int(row.get("label", ""), "label", line, path)})
     if not rows:
@@ -522,7 +544,8 @@ def _check_range(values: np.ndarray, num_classes: int, what: str, dataset: Datas
 
 def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, crop: bool = False,
                  images_key: str = "images", labels_key: str | None = "labels",
-                 limit: int | None = None, num_classes: int | None = None) -> Dataset:
+                 limit: int | None = None, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None) -> Dataset:
     """Opens a folder, ``.npz`` or ``.csv`` source and checks it as a whole.
 
     Args:
@@ -534,6 +557,7 @@ def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, cro
       images_key, labels_key: the arrays of an ``.npz`` (``labels_key`` None or "": no labels).
       limit: keep only the first ``limit`` examples (None or 0: all).
       num_classes: when given, labels and targets must lie in ``0..num_classes-1``.
+      class_names: the classifier's class names: a CSV's target column may name classes.
 
     Raises:
       DataError: the source cannot be used (the message names the file and the problem).
@@ -554,7 +578,7 @@ def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, cro
         dataset = NpzDataset(source, images_key=images_key, labels_key=labels_key or None,
                              limit=limit, **options)
     elif lower.endswith(".csv"):
-        dataset = CsvDataset(source, **options)
+        dataset = CsvDataset(source, class_names=class_names, **options)
     elif not os.path.exists(source):
         raise DataError(f"data source {source} does not exist (expected an image folder, "
                         "an .npz or a .csv file)")

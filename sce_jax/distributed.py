@@ -21,6 +21,12 @@ It must run before anything executes a JAX operation (JAX fixes its devices then
 several processes talk through gloo collectives, and ``local_device_count`` splits each
 process's CPU into that many devices (``jax_num_cpu_devices``; on GPUs and TPUs every process
 uses the accelerators it can see).
+
+Failing cleanly: processes that do not all join within ``initialization_timeout`` raise
+:class:`~sce_jax.collectives.PeerLostError` (JAX's client would abort the process: its
+error callback is replaced while connecting). JAX's heartbeat, which also aborts a process
+whose peer died, is set to :data:`HEARTBEAT_TIMEOUT_S` (a day): the run's own bounded waits
+(:mod:`sce_jax.collectives`) find a dead or stuck peer instead and name it.
 """
 
 from __future__ import annotations
@@ -33,10 +39,15 @@ from typing import Mapping
 import jax
 from absl import logging
 
+from sce_jax.collectives import PeerLostError
+
 # The port a SLURM job's coordinator listens on: BASE + job id % SPAN (two jobs sharing a
 # node rarely collide). An explicit --coordinator_address overrides it.
 SLURM_PORT_BASE = 20000
 SLURM_PORT_SPAN = 20000
+# JAX aborts every process this long after one stopped sending heartbeats; the run's own
+# bounded waits (--peer_timeout) report a dead peer long before.
+HEARTBEAT_TIMEOUT_S = 24 * 3600
 
 
 class DistributedSetupError(ValueError):
@@ -202,13 +213,51 @@ def initialize_from_flags_or_env(coordinator_address: str | None = None,
         return setup
     # CPU processes exchange data through gloo; harmless where accelerators do the work.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if setup.mode == "auto":
+    options = dict(initialization_timeout=int(initialization_timeout),
+                   heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+    if setup.mode == "explicit" or setup.mode == "slurm":
+        logging.info("initialising jax.distributed (%s): process %d of %d, coordinator %s",
+                     setup.mode, setup.process_id, setup.num_processes, setup.coordinator_address)
+        options.update(coordinator_address=setup.coordinator_address,
+                       num_processes=setup.num_processes, process_id=setup.process_id)
+    else:
         logging.info("initialising jax.distributed from the cluster's environment")
-        jax.distributed.initialize(initialization_timeout=initialization_timeout)
-        return setup
-    logging.info("initialising jax.distributed (%s): process %d of %d, coordinator %s",
-                 setup.mode, setup.process_id, setup.num_processes, setup.coordinator_address)
-    jax.distributed.initialize(coordinator_address=setup.coordinator_address,
-                               num_processes=setup.num_processes, process_id=setup.process_id,
-                               initialization_timeout=initialization_timeout)
+    try:
+        with _connect_errors_raised():
+            jax.distributed.initialize(**options)
+    except Exception as e:  # noqa: BLE001 - a deadline or a refused connection, in JAX's words
+        who = (f"process {setup.process_id} of {setup.num_processes}, coordinator "
+               f"{setup.coordinator_address}" if setup.process_id is not None else "auto-detected")
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        detail = "" if "bad_cast" in first_line or not first_line else f" ({first_line})"
+        raise PeerLostError(
+            f"the processes did not all join within {initialization_timeout:g} s ({who}): a "
+            "process was not started, has other --num_processes/--coordinator_address values, "
+            f"or cannot reach the coordinator{detail}; start all of them and retry") from None
     return setup
+
+
+class _connect_errors_raised:
+    """While connecting, a failure raises in Python instead of aborting the process.
+
+    JAX's client calls an error callback on a failed connection whose default terminates the
+    process; any Python callback instead makes ``connect()`` raise (JAX cannot pass the error
+    status to Python, so the callback itself never runs). Wraps the one private call involved.
+    """
+
+    def __enter__(self):
+        from jax._src import distributed as jax_distributed
+
+        self._module = jax_distributed._jax
+        self._original = self._module.get_distributed_runtime_client
+
+        def client(*args, **kwargs):
+            kwargs.setdefault("missed_heartbeat_callback", lambda *_: None)
+            return self._original(*args, **kwargs)
+
+        self._module.get_distributed_runtime_client = client
+        return self
+
+    def __exit__(self, *exc):
+        self._module.get_distributed_runtime_client = self._original
+        return False

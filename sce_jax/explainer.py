@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sce_jax import parallel
+from sce_jax import api_inputs, parallel
 from sce_jax.classifier import Classifier
 from sce_jax.generator import Generator
 from sce_jax.prior import Prior
@@ -94,33 +94,32 @@ class Explainer:
 
     def prepare_batch(self, images, targets=None, *, kind: str, example_ids=None, regions=None,
                       latents=None, valid=None, context=None) -> tuple[Batch, int]:
-        """Validates and pads host arrays into a :class:`Batch`; returns it and the real size."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4:
-            raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
+        """Validates and pads host arrays into a :class:`Batch`; returns it and the real size.
+
+        Every argument is checked against the batch size (and latents against the generator's
+        latent shape) first, by :mod:`sce_jax.api_inputs`; a ValueError names the argument.
+        """
+        images = api_inputs.checked_images(images)
         b, h, w, _ = images.shape
-        self.generator.latent_shape((h, w))
+        latent_shape = self.generator.latent_shape((h, w))
+        targets = api_inputs.checked_targets(targets, b, kind=kind,
+                                             class_names=self.classifier.class_names)
+        example_ids = api_inputs.checked_example_ids(example_ids, b)
+        regions = api_inputs.checked_regions(regions, b, h, w)
+        latents = api_inputs.checked_latents(latents, b, latent_shape)
+        valid = api_inputs.checked_valid(valid, b)
         if targets is None:
             if kind == "class":
-                raise ValueError("target kind 'class' needs targets (one class index per image)")
+                raise ValueError("target kind 'class' needs targets (one class index or name per image)")
             targets = np.full((b,), -1 if kind == "other" else 0, np.int32)
-        targets = np.asarray(targets, np.int32).reshape(-1)
-        if targets.shape[0] != b:
-            raise ValueError(f"{targets.shape[0]} targets for {b} images")
-        for t in targets:
-            if not (kind == "other" and t == -1):
-                self.classifier.check_target(int(t))
         if example_ids is None:
             example_ids = np.arange(b, dtype=np.int32)
-        example_ids = np.asarray(example_ids, np.int32).reshape(-1)
         if regions is None:
             regions = np.ones((b, h, w, 1), np.float32)
-        regions = np.asarray(regions, np.float32)
-        if regions.ndim == 3:
-            regions = regions[..., None]
-        if regions.shape != (b, h, w, 1):
-            raise ValueError(f"regions must be (B, H, W[, 1]) = ({b}, {h}, {w}), got {regions.shape}")
         valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
+        for t in targets[valid]:  # rows that are not valid (padding) are never searched
+            if not (kind == "other" and t == -1):
+                self.classifier.check_target(int(t))
         arrays = dict(images=images, targets=targets, example_ids=example_ids, regions=regions,
                       valid=valid)
         if latents is not None:
@@ -138,22 +137,33 @@ class Explainer:
             batch = parallel.shard_batch(batch, self.mesh)
         return batch, b
 
+    def compile(self, batch: Batch, *, kind: str):
+        """Compiles the search for ``batch``'s shapes (arrays or ``jax.ShapeDtypeStruct``s).
+
+        Returns the ``jax.stages.Compiled`` (``memory_analysis()`` tells what it needs); later
+        calls on batches of that shape reuse the compilation.
+        """
+        return self.compiled(kind).lower(self.search_params, batch).compile()
+
     def explain_arrays(self, batch: Batch, *, kind: str) -> Explanation:
         """Runs the compiled search on a prepared batch (device arrays, no host transfer)."""
         return self.compiled(kind)(self.search_params, batch)
 
-    def explain(self, images, targets: Sequence[int] | np.ndarray | None = None, *,
+    def explain(self, images, targets: Sequence[int | str] | np.ndarray | None = None, *,
                 kind: str | None = None, example_ids=None, regions=None, latents=None,
                 context=None) -> Explanation:
         """Explains a batch of images in [0, 1], shape (B, H, W, C).
 
         Args:
-          images: the inputs, at a size the generator accepts.
-          targets: per image, the class to reach (kind "class"), the class to leave (kind
-            "other"; default: the predicted class), or the attribute to flip (kind "flip";
-            default 0).
+          images: floating-point inputs in [0, 1] at a size the generator accepts (integer
+            images are refused: convert uint8 with ``images.astype(np.float32) / 255``).
+          targets: per image, an index or a class name of ``classifier.class_names``: the
+            class to reach (kind "class"), the class to leave (kind "other"; default: the
+            predicted class), or the attribute to flip (kind "flip"; default 0).
           kind: "class", "other" or "flip" (default: "class" with targets, "other" without,
-            "flip" for multilabel classifiers).
+            "flip" for multilabel classifiers). So ``explain(images)`` leaves each image's
+            predicted class, as the dataset run's default (``targets.kind = "other"``) does,
+            and ``explain(images, targets)`` reaches the given classes.
           example_ids: global ids that key the randomness (default 0..B-1).
           regions: optional (B, H, W[, 1]) masks, 1 where the image may change.
           latents: starting latents, for generators without an encoder.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax.numpy as jnp
@@ -43,8 +44,12 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
         mean=tuple(float(v) for v in config.mean),
         std=tuple(float(v) for v in config.std))
     names = tuple(config.class_names) or None
-    return Classifier.from_nnx(model, preprocessing=preprocessing, head=config.head,
-                               class_names=names)
+    classifier = Classifier.from_nnx(model, preprocessing=preprocessing, head=config.head)
+    if names is not None and len(names) != classifier.num_outputs:
+        raise ValueError(f"classifier.class_names lists {len(names)} names but the classifier "
+                         f"{config.checkpoint} ({classifier.name}) has {classifier.num_outputs} "
+                         "outputs; give one name per output, or none")
+    return dataclasses.replace(classifier, class_names=names)
 
 
 def _sd3_prior(path: str, dtype) -> Prior:

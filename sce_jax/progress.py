@@ -65,3 +65,8 @@ class Progress:
             self._last_print = now
             end = "\r" if self._tty and self.done < self.total else "\n"
             print(self.line(), end=end, file=self.stream, flush=True)
+
+
+def announce(message: str, *, stream: TextIO | None = None) -> None:
+    """One line saying what a long silent stage is doing (loading, compiling), on stderr."""
+    print(message, file=stream if stream is not None else sys.stderr, flush=True)

@@ -4,9 +4,11 @@
 writes ``report.html`` beside them, linking the run's PNGs by relative paths (the folder can
 be moved or zipped as a whole). The page holds:
 
-1. the run summary (flip rate, mean distances, throughput, and any other summary field);
+1. the run summary (flip rate, mean distances, throughput, and any other summary field) and,
+   once ``scripts/evaluate.py`` has run, its headline figures (validity on the PNGs,
+   diversity, non-adversarial rate, FID, KID with its spread, ground truth);
 2. one row per image: the original with its label and the classifier's decision, then per
-   (target, attempt) the counterfactual, its difference heat map, the target, the target
+   (target, attempt) the counterfactual, its difference heat map and edit mask, the target, the target
    probability before -> after, whether the decision changed (on the written 8-bit image),
    the steps and distances;
 3. the inputs that were skipped, with their reasons;
@@ -34,7 +36,7 @@ MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
 REPORT = "report.html"
 EVALUATION = "evaluation"  # the folder scripts/evaluate.py writes its metrics and plots into
-DISPLAY_PIXELS = 128  # small images are enlarged to about this size
+DISPLAY_PIXELS = 160  # small images are enlarged to about this size (pixelated, no blur)
 
 # Known summary fields: (key, label, format).
 SUMMARY_FIELDS = (
@@ -51,9 +53,21 @@ SUMMARY_FIELDS = (
     ("mean_pixel_l2", "mean pixel L2 distance (successful)", "number"),
     ("mean_changed_fraction", "mean share of pixels changed (successful)", "percent"),
     ("mean_steps", "mean optimisation steps", "number"),
-    ("counterfactuals_per_second", "counterfactuals per second", "number"),
-    ("elapsed_seconds", "elapsed time", "seconds"),
+    ("counterfactuals_per_second", "counterfactuals per second (runs that did work)", "number"),
+    ("elapsed_seconds", "search time (runs that did work)", "seconds"),
 )
+HIDDEN_SUMMARY_FIELDS = ("runs",)  # shown as a sentence under the table
+
+# Headline figures of evaluation/metrics.json (scripts/evaluate.py): (path, label, format).
+EVALUATION_FIELDS = (
+    (("validity", "flip_rate"), "flip rate re-checked on the PNGs", "percent"),
+    (("diversity", "diversity_cosine", "mean"), "diversity (1 - |cos| between attempts)", "number"),
+    (("non_adversarial", "rate"), "non-adversarial rate (surrogate agrees)", "percent"),
+    (("realism", "fid"), "FID (classifier features)", "number"),
+)
+KID_NOTE = ("KID is an unbiased estimate of a squared distance: when originals and "
+            "counterfactuals are indistinguishable at this sample size it scatters around 0 and "
+            "can be negative; the spread is its standard deviation over subsets.")
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -63,7 +77,7 @@ table.summary td, table.summary th, table.skipped td, table.skipped th {
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .example { display: flex; flex-wrap: wrap; gap: 0.8em; align-items: flex-start;
   border-top: 1px solid #ccc; padding: 0.8em 0; }
-.card { font-size: 0.85em; max-width: 22em; overflow-wrap: anywhere; }
+.card { font-size: 0.85em; width: min-content; min-width: 16em; overflow-wrap: anywhere; }
 .card.original { background: #f4f4f4; padding: 0.4em; }
 .images { display: flex; gap: 0.3em; }
 figure { margin: 0; } figcaption { font-size: 0.8em; color: #555; }
@@ -200,8 +214,8 @@ class _Images:
         scale = max(1, DISPLAY_PIXELS // max(width, height))
         css = ' class="pixelated"' if scale > 1 else ""
         url = _esc(urllib.parse.quote(relative))
-        return (f'<figure><a href="{url}"><img src="{url}" width="{width * scale}" '
-                f'height="{height * scale}"{css} alt="{_esc(caption)}"></a>'
+        return (f'<figure><img src="{url}" width="{width * scale}" '
+                f'height="{height * scale}"{css} alt="{_esc(caption)}">'
                 f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 
@@ -216,7 +230,7 @@ def _summary_section(summary: Mapping[str, Any] | None) -> str:
         if key in summary:
             rows.append((label, key, format_value(summary[key], kind)))
     for key in sorted(summary):
-        if key not in known:
+        if key not in known and key not in HIDDEN_SUMMARY_FIELDS:
             kind = "percent" if key.endswith(("rate", "_fraction")) else "number"
             rows.append((key.replace("_", " "), key, format_value(summary[key], kind)))
     body = "".join(f'<tr><th title="{_esc(key)}">{_esc(label)}</th><td class="num">{_esc(text)}</td></tr>'
@@ -225,7 +239,46 @@ def _summary_section(summary: Mapping[str, Any] | None) -> str:
     if summary.get("complete") is False:
         note = ('<p class="note">This run stopped before the end; rerunning it on the same '
                 "workdir resumes where it stopped.</p>")
-    return f'<h2>Summary</h2>{note}<table class="summary">{body}</table>'
+    runs = summary.get("runs")
+    runs_text = ""
+    if isinstance(runs, list) and len(runs) > 1:
+        parts = [f"{r.get('counterfactuals')} in {format_value(r.get('elapsed_seconds'), 'seconds')}"
+                 for r in runs if isinstance(r, Mapping)]
+        runs_text = (f'<p class="legend">The work was done by {len(runs)} runs (resumed): '
+                     f"{_esc('; '.join(parts))}.</p>")
+    return f'<h2>Summary</h2>{note}<table class="summary">{body}</table>{runs_text}'
+
+
+def _lookup(metrics: Mapping[str, Any], path: Sequence[str]) -> Any:
+    value: Any = metrics
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _evaluation_summary(metrics: Mapping[str, Any] | None) -> str:
+    """The headline figures of ``evaluation/metrics.json`` as a table, with the KID note."""
+    if not metrics:
+        return ""
+    rows = [(label, format_value(_lookup(metrics, path), kind))
+            for path, label, kind in EVALUATION_FIELDS if _lookup(metrics, path) is not None]
+    kid, kid_std = _lookup(metrics, ("realism", "kid")), _lookup(metrics, ("realism", "kid_std"))
+    if kid is not None:
+        spread = f" &plusmn; {_esc(format_value(kid_std))}" if kid_std is not None else ""
+        rows.append(("KID (classifier features)", None, f"{_esc(format_value(kid))}{spread}"))
+    for factor, rate in sorted((_lookup(metrics, ("ground_truth", "dominant_rate")) or {}).items()):
+        rows.append((f"ground truth: changes mostly the {factor}", format_value(rate, "percent")))
+    all_found = _lookup(metrics, ("ground_truth", "all_found_rate"))
+    if all_found is not None:
+        rows.append(("ground truth: all factors found by the attempts", format_value(all_found, "percent")))
+    body = "".join(
+        f"<tr><th>{_esc(row[0])}</th><td class=\"num\">"
+        f"{row[2] if len(row) == 3 else _esc(row[1])}</td></tr>" for row in rows)
+    note = f'<p class="legend">{_esc(KID_NOTE)}</p>' if kid is not None else ""
+    return (f'<h3>Evaluation (scripts/evaluate.py)</h3><table class="summary">{body}</table>'
+            f"{note}")
 
 
 def _target_text(record: Mapping[str, Any], names: _Names) -> tuple[str, str]:
@@ -264,11 +317,9 @@ def _counterfactual_card(record: Mapping[str, Any], names: _Names, images: _Imag
         f"{_esc(format_value(record.get('latent_l1')))} &middot; changed "
         f"{_esc(format_value(record.get('changed_fraction'), 'percent'))}",
     ]
-    if files.get("mask"):
-        url = _esc(urllib.parse.quote(images.relative(files["mask"])))
-        lines.append(f'<a href="{url}">edit mask</a>')
     figures = images.tag(files.get("counterfactual"), "counterfactual") + \
-        images.tag(files.get("difference"), "difference")
+        images.tag(files.get("difference"), "difference") + \
+        images.tag(files.get("mask"), "edit mask")
     return (f'<div class="card"><div class="images">{figures}</div>'
             + "".join(f"<div>{line}</div>" for line in lines) + "</div>")
 
@@ -318,6 +369,16 @@ def _skipped_section(records: Iterable[Mapping[str, Any]]) -> str:
             f"<tr><th>id</th><th>source</th><th>reason</th></tr>{rows}</table>")
 
 
+def _read_evaluation_metrics(workdir: str) -> dict[str, Any] | None:
+    """``evaluation/metrics.json`` of a run, or None (not evaluated, or unreadable)."""
+    try:
+        with open(os.path.join(workdir, EVALUATION, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
 def _evaluation_section(images: _Images) -> str:
     """The evaluation's plots (PNGs in ``evaluation/``), or nothing when there are none."""
     folder = os.path.join(images.workdir, EVALUATION)
@@ -348,7 +409,9 @@ LEGEND = (
     "changed: |counterfactual &minus; original| summed over colour channels, from dark violet "
     "(small) through red to pale yellow (largest change), laid over the grey original. "
     "Later attempts of one image may not change what earlier successful attempts changed, so "
-    "they show other reasons for the decision. Click an image to open it at full size.")
+    "they show other reasons for the decision. The <b>edit mask</b> shows where the search "
+    "was allowed to change the image (white). Images are enlarged with their pixels kept "
+    "sharp.")
 
 
 def render_report(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None, *,
@@ -360,6 +423,7 @@ def render_report(records: Sequence[Mapping[str, Any]], summary: Mapping[str, An
     title = title or f"Counterfactual explanations: {os.path.basename(os.path.normpath(workdir))}"
     body = (f"<h1>{_esc(title)}</h1><p class=\"legend\">{LEGEND}</p>"
             + _summary_section(summary)
+            + _evaluation_summary(_read_evaluation_metrics(workdir))
             + _evaluation_section(images)
             + _examples_section(records, names, images, max_examples)
             + _skipped_section(records))

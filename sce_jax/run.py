@@ -3,11 +3,15 @@
 ``explain_dataset(config, workdir)`` is what ``scripts/explain.py`` calls. The workdir holds::
 
     run_config.json          the config the run started with (a resume must use the same)
+    inputs.json              the ordered inputs it was made from (a resume must see the same;
+                             sce_jax.run_inputs)
     images/<id>/...          original.png, and per (target t, attempt a): cf_t<t>_a<a>.png,
                              diff_t<t>_a<a>.png (heat map), mask_t<t>_a<a>.png
     parts/<process>-<id>.jsonl   the records of one batch, written atomically after its images
-    manifest.jsonl           all records, sorted, rebuilt atomically from parts/
-    summary.json, report.html
+    manifest.jsonl           all records, sorted, rebuilt atomically from parts/ (class names
+                             and the goal in words beside the indices: sce_jax.record_names)
+    results.csv              the manifest's main columns (sce_jax.results_table)
+    summary.json, report.html   (throughput of every invocation that did work: sce_jax.run_throughput)
 
 Resume: an example is done when a part file holds its records; a rerun skips those and
 finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
@@ -18,18 +22,22 @@ files, which the next run of the same examples removes. An example whose images 
 but whose part file was not is simply explained again, with the same result (randomness is
 keyed by example id).
 
-SIGTERM (preemption) finishes the batch in flight, writes the manifest and returns a summary
-with ``complete: False``; ``scripts/explain.py`` then exits with its documented code.
+SIGTERM (preemption) or SIGINT (Ctrl-C) finishes the batch in flight, writes the manifest and
+returns a summary with ``complete: False`` (unless that batch was the last: then the run is
+complete); ``scripts/explain.py`` then exits with its documented code.
 
 Errors: a problem with the run's inputs (config, data source, weights, a target the classifier
-does not have, a workdir that cannot be written) raises one of :data:`USER_ERRORS` before any
-work. A write that fails during the run (a full disk) raises :class:`WorkdirWriteError`;
+does not have, channels the models do not take, a search too large for the memory, a workdir
+that cannot be written, a resume with another config or input set) raises one of
+:data:`USER_ERRORS` before any work. A write that fails during the run (a full disk) raises :class:`WorkdirWriteError`;
 batches committed before it are kept and a rerun resumes after them.
 
 Several processes (``sce_jax.distributed``): process ``p`` of ``P`` explains the examples with
 ``id % P == p``; all run the same number of batches (padding with empty ones), each writes its
 own examples' images and part files into the shared workdir, and process 0 assembles the
-manifest after all have finished.
+manifest after all have finished. The processes agree on the config and the input set and
+run their checks together before any work; every wait for another process ends after
+``peer_timeout`` seconds with :class:`~sce_jax.collectives.PeerLostError` naming it.
 """
 
 from __future__ import annotations
@@ -50,15 +58,19 @@ import numpy as np
 from absl import logging
 
 from sce_jax import data as data_lib
-from sce_jax import image_io, parallel
+from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_throughput
+from sce_jax.collectives import Collectives, PeerFailedError, differing_keys
 from sce_jax.distributed import DistributedSetupError
+from sce_jax.example_files import example_folder, write_example_files
 from sce_jax.explainer import Explainer, all_other_classes
 from sce_jax.loaders import (check_prior_inputs, load_classifier, load_generator, load_prior,
                              load_prior_context)
-from sce_jax.progress import Progress
-from sce_jax.run_config import RunConfigError, validate_run_config
+from sce_jax.progress import Progress, announce
+from sce_jax.record_names import named_fields
+from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
 from sce_jax.search import targets as target_lib
-from sce_jax.search.config import settings_from_config
+from sce_jax.search.config import SearchConfigError, settings_from_config
+from sce_jax.search.engine import Batch as SearchBatch
 
 RUN_CONFIG_FILE = "run_config.json"
 MANIFEST = "manifest.jsonl"
@@ -81,16 +93,23 @@ class WorkdirWriteError(OSError):
     """The workdir cannot be written (read-only, full disk, no permission); says what to do.
 
     ``errno`` is the failed write's error number; ``str()`` is the message alone.
+    ``alone`` is True for a write that failed during the batches: only this process knows
+    of it (the others learn it when it does not arrive at their next exchange).
     """
 
     def __init__(self, code: int | None, message: str):
         super().__init__(message)
         self.errno = code
+        self.alone = False
 
 
 # The errors a user fixes by changing the command, the inputs or the disk: scripts/explain.py
 # reports them as one line (``error: ...``) without a traceback.
-USER_ERRORS = (RunConfigError, RunInputError, WorkdirWriteError, DistributedSetupError)
+USER_ERRORS = (RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError,
+               DistributedSetupError, run_inputs.InputSetChangedError, PeerFailedError,
+               memory_check.MemoryLimitError)
+# Seconds a process waits for the others at any point of a multi-process run.
+DEFAULT_PEER_TIMEOUT_S = 600.0
 
 
 @dataclasses.dataclass
@@ -103,24 +122,35 @@ def _atomic_write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def _check_resume_config(config: ml_collections.ConfigDict, workdir: str, *,
-                         write: bool = True) -> None:
-    """Refuses to resume a run made with another config; records the config of a new run.
-
-    Only one process writes (``write``); with several, the others only compare.
-    """
+def _check_resume_config(current: dict[str, Any], workdir: str) -> None:
+    """Refuses to resume a run made with another config (``current``: the config as JSON)."""
     path = os.path.join(workdir, RUN_CONFIG_FILE)
-    current = json.loads(config.to_json_best_effort())
-    if os.path.exists(path) and read_records(workdir):
-        with open(path) as f:
-            previous = json.load(f)
-        changed = [k for k in RESULT_DEFINING if previous.get(k) != current.get(k)]
-        if changed:
-            raise RunConfigError(
-                f"{workdir} holds a run made with another config (differs in: {', '.join(changed)}); "
-                "resume with the same config or choose a new --workdir")
-    elif write:
-        _atomic_write_text(path, json.dumps(current, indent=2, sort_keys=True))
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    if isinstance(previous.get("targets"), dict):  # recorded before targets.class_name existed
+        previous["targets"].setdefault("class_name", "")
+    changed = [k for k in RESULT_DEFINING if previous.get(k) != current.get(k)]
+    if changed:
+        raise RunConfigError(
+            f"{workdir} holds a run made with another config (differs in: {', '.join(changed)}); "
+            "resume with the same config or choose a new --workdir")
+
+
+def _record_run(current: dict[str, Any], dataset: data_lib.Dataset, workdir: str, *,
+                resumed: bool) -> None:
+    """Writes what the run is made from: ``run_config.json`` and ``inputs.json`` (new runs;
+    a resumed workdir from before ``inputs.json`` gets one once its records were checked)."""
+    try:
+        if not resumed:
+            _atomic_write_text(os.path.join(workdir, RUN_CONFIG_FILE),
+                               json.dumps(current, indent=2, sort_keys=True))
+        if not resumed or run_inputs.read_input_record(workdir) is None:
+            _atomic_write_text(os.path.join(workdir, run_inputs.INPUTS_FILE), json.dumps(
+                run_inputs.input_record(dataset.source, dataset.sources), indent=1))
+    except OSError as e:
+        raise _write_failed(e, workdir, 0) from e
 
 
 def _is_temporary(name: str) -> bool:
@@ -157,17 +187,33 @@ def remove_stale_temporaries(workdir: str, example_ids, *, process_index: int) -
     return removed
 
 
-def _check_workdir_writable(workdir: str) -> None:
-    """Creates ``workdir`` and a probe file in it, so a read-only disk fails before any work."""
+def _check_workdir_writable(workdir: str, *, keep: bool = False) -> None:
+    """Writes a probe file into ``workdir``, so a read-only disk fails before any work.
+
+    Folders the probe had to create are removed again unless ``keep``: a run that stops on a
+    bad input leaves no empty workdir behind (the run creates it once its inputs are checked).
+    """
+    created = []
+    folder = workdir
+    while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(workdir, exist_ok=True)
         with image_io.atomic_write(os.path.join(workdir, ".write_probe"), "w") as f:
             f.write("probe")
         os.remove(os.path.join(workdir, ".write_probe"))
     except OSError as e:
+        keep = False
         raise WorkdirWriteError(
             e.errno, f"the workdir {workdir} cannot be written ({e.strerror or e}"
             f"{': ' + str(e.filename) if e.filename else ''}); choose a writable --workdir") from e
+    finally:
+        for new_folder in created if not keep else ():
+            try:
+                os.rmdir(new_folder)
+            except OSError:
+                pass
 
 
 def _write_failed(e: OSError, workdir: str, committed: int) -> WorkdirWriteError:
@@ -176,6 +222,10 @@ def _write_failed(e: OSError, workdir: str, committed: int) -> WorkdirWriteError
             errno.EROFS: "the disk is read-only",
             errno.EACCES: "no permission to write"}.get(e.errno, "a write failed")
     where = f" ({e.filename})" if e.filename else ""
+    if not committed:
+        return WorkdirWriteError(
+            e.errno, f"{hint}: {e.strerror or e}{where}. Nothing was explained by this run; fix "
+            "the problem and rerun the same command")
     return WorkdirWriteError(
         e.errno, f"{hint}: {e.strerror or e}{where}. The {committed} batch(es) this run "
         f"completed are kept in {workdir}; fix the problem and rerun the same command to resume")
@@ -255,7 +305,7 @@ class _Writer:
         os.makedirs(os.path.join(workdir, IMAGES), exist_ok=True)
 
     def image_dir(self, example_id: int) -> str:
-        return os.path.join(IMAGES, f"{example_id:07d}")
+        return example_folder(example_id)
 
     def write_batch(self, first_id: int, records: list[dict[str, Any]]) -> None:
         name = f"p{self.process_index:03d}-{first_id:09d}.jsonl"
@@ -263,28 +313,21 @@ class _Writer:
                            "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption, Ctrl-C: both finish the batch
+
+
 def _install_stop_handlers(state: RunState):
     previous = {}
 
     def handler(signum, frame):
-        logging.warning("signal %d: finishing the current batch, then stopping", signum)
+        logging.warning("%s: finishing the current batch, then stopping",
+                        signal.Signals(signum).name)
         state.stop.set()
 
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM,):
+        for sig in STOP_SIGNALS:
             previous[sig] = signal.signal(sig, handler)
     return previous
-
-
-def _stop_requested(state: RunState, process_count: int) -> bool:
-    """True on every process as soon as any process was asked to stop (a collective)."""
-    if process_count == 1:
-        return state.stop.is_set()
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.asarray([state.stop.is_set()]))
-    if np.any(flags):
-        state.stop.set()
-    return bool(np.any(flags))
 
 
 def _restore_handlers(previous):
@@ -305,57 +348,150 @@ def _open_inputs(config: ml_collections.ConfigDict):
         channels=int(config.data.channels), crop=bool(config.data.crop),
         images_key=config.data.npz_images_key, labels_key=config.data.npz_labels_key,
         limit=int(config.data.limit) or None,
-        num_classes=classifier.num_outputs if classifier.head == "multiclass" else None)
+        num_classes=classifier.num_outputs if classifier.head == "multiclass" else None,
+        class_names=classifier.class_names)
     latent_shape = generator.latent_shape(tuple(config.data.image_size))  # not fitting: now
+    _check_channels(config, generator, classifier)
     if prior is not None:
         check_prior_inputs(prior, latent_shape, context)
     return generator, classifier, prior, context, dataset
 
 
-def _barrier(name: str, process_count: int) -> None:
-    if process_count > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+def _model_name(section: ml_collections.ConfigDict, model) -> str:
+    return f"{section.get('checkpoint') or section.get('diffusers')} ({model.name})"
+
+
+def _check_channels(config, generator, classifier) -> None:
+    """The data's channels must be what the autoencoder makes and the classifier takes.
+
+    Checked on shapes alone (``jax.eval_shape``: nothing is computed), so a grey dataset with
+    an RGB autoencoder stops here, not in the first batch.
+    """
+    size, channels = tuple(int(v) for v in config.data.image_size), int(config.data.channels)
+    latent = jax.ShapeDtypeStruct((1,) + generator.latent_shape(size), jnp.float32)
+    made = jax.eval_shape(generator.decode_fn, generator.params, latent).shape[-1]
+    if made != channels:
+        raise RunInputError(
+            f"the generator {_model_name(config.generator, generator)} makes {made}-channel "
+            f"images but data.channels={channels}; set data.channels={made} (the data is "
+            "converted: grey <-> RGB)")
+    image = jax.ShapeDtypeStruct((1,) + size + (channels,), jnp.float32)
+    try:
+        jax.eval_shape(classifier.logits_fn, classifier.params, image)
+    except Exception as e:  # noqa: BLE001 - a shape error deep inside the network
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunInputError(
+            f"the classifier {_model_name(config.classifier, classifier)} cannot take "
+            f"{channels}-channel {size[0]}x{size[1]} images ({first_line}); set "
+            "classifier.channels (and classifier.input_size) to what it was trained on") from None
+
+
+def _batch_rows(config, dataset: data_lib.Dataset, process_count: int) -> int:
+    """``batch_size``, but never more than a process's share of the data (no batch of padding)."""
+    share = -(-dataset.num_examples // process_count)
+    rows = min(int(config.batch_size), max(1, share))
+    if rows < int(config.batch_size):
+        logging.info("batch_size=%d is more than the %d examples per process: batches of %d",
+                     int(config.batch_size), share, rows)
+    return rows
+
+
+def _check_search_memory(config, explainer: Explainer, kind: str, rows: int,
+                         context: Any = None) -> None:
+    """Compiles the search for the run's batch shape and refuses it if it cannot fit in memory.
+
+    The first batch reuses this compilation. ``rows`` per process; ``all_others`` searches
+    every other class of each image at once (``rows * (classes - 1)`` searches). ``context``:
+    the prior's conditioning (one row, given to every image), part of the batch's shapes.
+    """
+    size, channels = tuple(int(v) for v in config.data.image_size), int(config.data.channels)
+    if config.targets.kind == "all_others":
+        rows *= explainer.classifier.num_outputs - 1
+    mesh = explainer.mesh
+    local = parallel.padded_size(rows, mesh)
+    total = local * (jax.process_count() if mesh is not None else 1)
+    sharding = parallel.batch_sharding(mesh) if mesh is not None else None
+
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct((total,) + shape, dtype, sharding=sharding)
+
+    batch = SearchBatch(images=spec(size + (channels,), jnp.float32), targets=spec((), jnp.int32),
+                        example_ids=spec((), jnp.int32), regions=spec(size + (1,), jnp.float32),
+                        valid=spec((), jnp.bool_),
+                        context=None if context is None else jax.tree.map(
+                            lambda a: spec(tuple(a.shape[1:]), a.dtype), context))
+    compiled = explainer.compile(batch, kind=kind)
+    memory_check.check_fits(
+        memory_check.compiled_bytes(compiled), max_memory_gb=float(config.max_memory_gb),
+        what=f"batches of {rows} images of {size[0]}x{size[1]}x{channels}")
 
 
 def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
-                    state: RunState | None = None) -> dict[str, Any]:
+                    state: RunState | None = None,
+                    peer_timeout: float = DEFAULT_PEER_TIMEOUT_S) -> dict[str, Any]:
     """Explains every example of ``config.data.source``; resumable. Returns the summary.
 
-    The summary's ``complete`` is False when the run stopped on request (SIGTERM) before every
-    example had a record; rerunning with the same config and workdir finishes it.
+    The summary's ``complete`` is False when the run stopped on request (SIGTERM, SIGINT)
+    before every example had a record; rerunning with the same config and workdir finishes it.
+    With several processes, every wait for the others ends after ``peer_timeout`` seconds
+    (:mod:`sce_jax.collectives`).
 
     Raises:
-      RunConfigError, RunInputError, WorkdirWriteError: see :data:`USER_ERRORS` (before any
-        work, except a write that fails mid-run).
+      RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError, ...: see
+        :data:`USER_ERRORS` (before any work, except a write that fails mid-run).
+      PeerLostError: another process is missing, dead or stuck (several processes only).
     """
-    validate_run_config(config)
-    settings = settings_from_config(config.search)  # search config errors before any work
     workdir = os.path.abspath(workdir)
     state = state or RunState()
     previous = _install_stop_handlers(state)  # from here on SIGTERM never loses work
     try:
-        return _explain_dataset(config, workdir, state, settings)
+        peers = Collectives(peer_timeout)
+        given = json.loads(config.to_json_best_effort())
+        peers.agree("config", json.dumps(given, sort_keys=True), lambda a, b: "differs in: " +
+                    ", ".join(differing_keys(json.loads(a), json.loads(b))))
+        validate_run_config(config)
+        config = resolve_target_class(config)  # a class name becomes its index, as recorded
+        current = json.loads(config.to_json_best_effort())
+        settings = settings_from_config(config.search)  # search config errors before any work
+        return _explain_dataset(config, current, workdir, state, settings, peers)
     finally:
         _restore_handlers(previous)
 
 
-def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[str, Any]:
-    process_index, process_count = jax.process_index(), jax.process_count()
-    if process_index == 0:
-        _check_workdir_writable(workdir)
-    try:
-        generator, classifier, prior, context, dataset = _open_inputs(config)
-    except RunConfigError:
-        raise
-    except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
-        raise RunInputError(str(e)) from e
-    _barrier("sce_jax.run: workdir ready", process_count)
-    if process_index == 0:
-        _check_resume_config(config, workdir)
-    _barrier("sce_jax.run: config recorded", process_count)
-    if process_index != 0:
-        _check_resume_config(config, workdir, write=False)
+def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunState, settings,
+                     peers: Collectives) -> dict[str, Any]:
+    process_index, process_count = peers.process_index, peers.process_count
+
+    # A problem on any process stops all of them, each with one message, before any work.
+    # (Loading the models is itself collective with several processes: all or none load.)
+    peers.together("the check of the workdir",
+                   lambda: process_index == 0 and _check_workdir_writable(workdir), USER_ERRORS)
+    announce("loading the models and the data ...")
+
+    def check_inputs():  # read-only: every process checks, none writes
+        try:
+            generator, classifier, prior, context, dataset = _open_inputs(config)
+        except (RunConfigError, SearchConfigError):
+            raise
+        except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
+            raise RunInputError(str(e)) from e
+        records = read_records(workdir)
+        if records:
+            _check_resume_config(current, workdir)
+            run_inputs.check_unchanged(workdir, dataset.source, dataset.sources, records)
+        return generator, classifier, prior, context, dataset, bool(records)
+
+    generator, classifier, prior, context, dataset, resumed = peers.together(
+        "the checks of the inputs", check_inputs, USER_ERRORS)
+    peers.agree("input set", f"{dataset.num_examples} {run_inputs.digest(dataset.sources)}",
+                lambda a, b: f"it sees {b.split()[0]} inputs or another list, process 0 sees "
+                             f"{a.split()[0]}; the workdir and data must be on a shared file system")
+
+    def record_run():  # the inputs are usable: now the workdir may be created
+        _check_workdir_writable(workdir, keep=True)
+        _record_run(current, dataset, workdir, resumed=resumed)
+
+    peers.together("recording the run", lambda: process_index == 0 and record_run(), USER_ERRORS)
 
     explainer = Explainer(generator, classifier, settings, prior=prior)
     kind = {"all_others": "class", "csv": "class"}.get(config.targets.kind, config.targets.kind)
@@ -364,13 +500,22 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
     done = {r["example_id"] for r in read_records(workdir)}
     # Every process must see the same finished examples (they fix the batch count), so none
     # may commit a batch before all have read them.
-    _barrier("sce_jax.run: resume state read", process_count)
+    peers.barrier("resume state read")
+    batch_size = _batch_rows(config, dataset, process_count)
+    # Every process runs the same number of (collective) batches, padding with empty ones.
+    num_batches = data_lib.max_num_batches(dataset, batch_size, process_count=process_count,
+                                           skip_ids=done)
+    if num_batches:  # compiles the search now: too large a search stops before any work
+        announce(f"compiling the search for batches of {batch_size} ...")
+        peers.together("the memory check", lambda: _check_search_memory(
+            config, explainer, kind, batch_size, context), USER_ERRORS)
     remaining = dataset.shard_ids(process_index, process_count, done)
     todo = int(remaining.size)
     per_image = (classifier.num_outputs - 1 if config.targets.kind == "all_others" else 1) * settings.attempts
     logging.info("%s: %d examples, %d already done, %d to explain on process %d/%d",
                  config.data.source, dataset.num_examples, len(done), todo, process_index, process_count)
     committed = 0
+    in_batches = False  # between the first batch and the end of all (the processes apart)
     try:
         removed = remove_stale_temporaries(workdir, remaining, process_index=process_index)
         if removed:
@@ -379,14 +524,18 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
         progress = Progress(todo * per_image, unit="counterfactuals")
         start = time.monotonic()
         produced = 0
-        # Every process runs the same number of (collective) batches, padding with empty ones.
-        num_batches = data_lib.max_num_batches(dataset, int(config.batch_size),
-                                               process_count=process_count, skip_ids=done)
-        for batch in data_lib.iterate_batches(dataset, int(config.batch_size), skip_ids=done,
-                                              process_index=process_index, process_count=process_count,
-                                              pad_to_num_batches=num_batches):
-            records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind, writer,
-                                     context)
+        in_batches = True
+        for index, batch in enumerate(data_lib.iterate_batches(
+                dataset, batch_size, skip_ids=done, process_index=process_index,
+                process_count=process_count, pad_to_num_batches=num_batches)):
+            try:
+                records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind,
+                                         writer, context)
+            except Exception as e:  # noqa: BLE001 - only a failed exchange between processes
+                if process_count > 1 and _is_collective_failure(e):
+                    raise peers.lost(f"batch {index + 1}", e) from None
+                raise
+            records = [{**r, **named_fields(r, classifier.class_names)} for r in records]
             if records:
                 writer.write_batch(min(r["example_id"] for r in records), records)
             committed += 1
@@ -394,27 +543,39 @@ def _explain_dataset(config, workdir: str, state: RunState, settings) -> dict[st
             produced += n_cf
             progress.update(n_cf)
             # After the batch: a stop asked for during it (even during the first compile)
-            # costs nothing that was computed.
-            if _stop_requested(state, process_count):
+            # costs nothing that was computed. After the last one there is nothing to stop.
+            if index + 1 < num_batches and peers.any(f"stop after batch {index + 1}",
+                                                     state.stop.is_set()):
+                state.stop.set()
                 logging.warning("stopped on request after %d complete batch(es); rerun to resume",
                                 committed)
                 break
         elapsed = time.monotonic() - start
         # all parts written before anyone assembles (shared workdir)
-        _barrier("sce_jax.run: batches written", process_count)
+        peers.barrier("all batches written")
+        in_batches = False
         records = read_records(workdir) if process_index != 0 else assemble_manifest(workdir)
         summary = summarise(records, elapsed=elapsed, new_counterfactuals=produced)
         summary["complete"] = {r["example_id"] for r in records} >= set(range(dataset.num_examples))
         if process_index != 0:
             return summary
+        summary = run_throughput.carry_over(os.path.join(workdir, SUMMARY), summary, produced)
         _atomic_write_text(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2, sort_keys=True))
+        results_table.write_results_csv(workdir, records)
         if config.output.report:
             from sce_jax import report
             report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
                                 max_examples=int(config.output.report_max_examples))
     except OSError as e:
-        raise _write_failed(e, workdir, committed) from e
+        error = _write_failed(e, workdir, committed)
+        error.alone = in_batches
+        raise error from e
     return summary
+
+
+def _is_collective_failure(error: Exception) -> bool:
+    """A search that failed because a peer's gloo connection broke (it died mid-batch)."""
+    return "gloo" in str(error).lower()
 
 
 def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
@@ -441,6 +602,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
             records.append(_skip_record(data_lib.SkipRecord(int(ids[i]), batch.sources[i],
                                                             "the CSV gives no target for this image")))
         valid = valid & ~bad
+        targets = np.where(valid, targets, 0).astype(np.int32)  # padding: any class, never searched
     elif target_kind == "class" or (target_kind == "flip" and config.targets.class_index >= 0):
         targets = np.full(images.shape[0], config.targets.class_index, np.int32)
     elif target_kind == "flip":
@@ -473,25 +635,14 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         if not valid[i]:
             continue
         example_id = int(ids[i])
-        folder = writer.image_dir(example_id)
-        os.makedirs(os.path.join(writer.workdir, folder), exist_ok=True)
-        original = os.path.join(folder, "original.png")
-        if example_id not in written_originals:
-            image_io.write_png(os.path.join(writer.workdir, original), images[i])
-            written_originals.add(example_id)
         target = int(result.target[j])
+        attempt_files = write_example_files(
+            writer.workdir, example_id, images[i], quantised[j], result.mask[j], target,
+            heatmaps=bool(config.output.heatmaps), write_masks=bool(config.output.masks),
+            write_original=example_id not in written_originals)
+        written_originals.add(example_id)
         for a in range(k):
-            stem = f"t{target}_a{a}"
-            files = {"original": original,
-                     "counterfactual": os.path.join(folder, f"cf_{stem}.png")}
-            image_io.write_png(os.path.join(writer.workdir, files["counterfactual"]), quantised[j, a])
-            if config.output.heatmaps:
-                files["difference"] = os.path.join(folder, f"diff_{stem}.png")
-                image_io.write_png(os.path.join(writer.workdir, files["difference"]),
-                                   image_io.difference_heatmap(images[i], quantised[j, a].astype(np.float32) / 255.0))
-            if config.output.masks:
-                files["mask"] = os.path.join(folder, f"mask_{stem}.png")
-                image_io.write_png(os.path.join(writer.workdir, files["mask"]), result.mask[j, a])
+            files = attempt_files[a]
             change = np.abs(quantised[j, a].astype(np.float32) / 255.0 - images[i]).max(-1)
             records.append({
                 "example_id": example_id, "source": batch.sources[i],

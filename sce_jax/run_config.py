@@ -7,8 +7,12 @@ with its meaning; ml_collections refuses keys that are not (a typo fails before 
 
 from __future__ import annotations
 
+import copy
+import math
+
 import ml_collections
 
+from sce_jax.class_names import ClassNameError, class_index
 from sce_jax.search.config import default_search_config
 
 TARGET_KINDS = ("flip", "class", "other", "all_others", "csv")
@@ -19,8 +23,8 @@ def base_run_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = ""            # image folder, .npz (images/labels) or .csv (path,target[,region])
-    c.data.npz_images_key = "images"
-    c.data.npz_labels_key = "labels"
+    c.data.npz_images_key = "images"  # .npz: the array of images (N, H, W[, C])
+    c.data.npz_labels_key = "labels"  # .npz: the array of labels (N,); '' for none
     c.data.image_size = (32, 32)  # (height, width) the generator works at
     c.data.channels = 1           # 1 (grey) or 3 (RGB)
     c.data.crop = False           # center-crop to the aspect ratio before resizing
@@ -38,8 +42,8 @@ def base_run_config() -> ml_collections.ConfigDict:
     c.classifier.input_size = ()  # resize inputs to (h, w) first; () keeps the generator's size
     c.classifier.channels = 0     # channels the network expects (0: as the data)
     c.classifier.mean = (0.0,)    # normalisation: (x - mean) / std per channel
-    c.classifier.std = (1.0,)
-    c.classifier.class_names = ()  # names for reports (optional)
+    c.classifier.std = (1.0,)     # normalisation: the std per channel
+    c.classifier.class_names = ()  # names of the outputs (index order): records, report, targets by name
 
     c.prior = ml_collections.ConfigDict()
     c.prior.checkpoint = ""       # orbax checkpoint of a velocity model (the demos' latent_flow
@@ -52,18 +56,23 @@ def base_run_config() -> ml_collections.ConfigDict:
                                   # (SD3: scripts/encode_prompt.py)
 
     c.targets = ml_collections.ConfigDict()
-    c.targets.kind = "other"      # one of TARGET_KINDS
+    c.targets.kind = "other"      # "other": leave the predicted class; "class": reach class_index;
+                                  # "all_others": reach every other class; "flip": flip an
+                                  # attribute (multilabel); "csv": the CSV's target column
     c.targets.class_index = -1    # the class to reach (kind "class"), attribute to flip ("flip")
+    c.targets.class_name = ""     # or that class by name (one of classifier.class_names)
 
     c.search = default_search_config()
 
-    c.batch_size = 8
+    c.batch_size = 8              # images per batch and process (at most the process's share)
+    c.max_memory_gb = 0.0         # refuse a search needing more per device (0: the device's
+                                  # memory; on CPU the machine's RAM)
     c.output = ml_collections.ConfigDict()
-    c.output.heatmaps = True
-    c.output.masks = True
-    c.output.report = True
-    c.output.report_max_examples = 200
-    c.log_every_batches = 1
+    c.output.heatmaps = True      # write diff_*.png heat maps of the change
+    c.output.masks = True         # write mask_*.png edit masks
+    c.output.report = True        # write report.html
+    c.output.report_max_examples = 200  # images shown in report.html (the manifest has all)
+    c.log_every_batches = 1       # not used: the progress line follows every batch
     return c
 
 
@@ -101,13 +110,50 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
         problems.append(f"prior.dtype={config.prior.dtype!r}: must be float32 or bfloat16")
     if config.targets.kind not in TARGET_KINDS:
         problems.append(f"targets.kind={config.targets.kind!r}: must be one of {TARGET_KINDS}")
-    if config.targets.kind == "class" and config.targets.class_index < 0:
-        problems.append("targets.kind='class' needs targets.class_index >= 0")
+    if (config.targets.kind == "class" and config.targets.class_index < 0
+            and not config.targets.get("class_name")):
+        problems.append("targets.kind='class' needs targets.class_index >= 0 or "
+                        "targets.class_name")
     if config.batch_size < 1:
         problems.append(f"batch_size={config.batch_size}: must be >= 1")
+    if not (math.isfinite(config.max_memory_gb) and config.max_memory_gb >= 0):
+        problems.append(f"max_memory_gb={config.max_memory_gb}: must be a finite number >= 0")
     if config.data.channels not in (1, 3):
         problems.append(f"data.channels={config.data.channels}: must be 1 or 3")
     if len(tuple(config.data.image_size)) != 2:
         problems.append(f"data.image_size={tuple(config.data.image_size)}: must be (height, width)")
     if problems:
         raise RunConfigError("the run config has problems:\n  " + "\n  ".join(problems))
+
+
+def resolve_target_class(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose ``targets.class_name`` is turned into ``targets.class_index``.
+
+    The name is looked up in ``classifier.class_names`` (:mod:`sce_jax.class_names`), so a run
+    given ``class_name="Dress"`` and one given ``class_index=3`` record the same config (and a
+    resume may use either form).
+
+    Raises:
+      RunConfigError: an unknown name (the message lists the names), a name and an index
+        that disagree, or a name with a target kind that takes no class.
+    """
+    name = config.targets.get("class_name", "")
+    if not name:
+        return config
+    if config.targets.kind not in ("class", "flip"):
+        raise RunConfigError(
+            f"targets.class_name={name!r} is used with targets.kind 'class' (reach that class) "
+            f"or 'flip' (flip that attribute), not {config.targets.kind!r}; add "
+            "--config.targets.kind=class")
+    try:
+        index = class_index(name, tuple(config.classifier.class_names),
+                            what="targets.class_name")
+    except ClassNameError as e:
+        raise RunConfigError(str(e)) from None
+    if config.targets.class_index >= 0 and config.targets.class_index != index:
+        raise RunConfigError(f"targets.class_name={name!r} is class {index} but "
+                             f"targets.class_index={config.targets.class_index}; give only one")
+    resolved = copy.deepcopy(config)
+    resolved.targets.class_index = index
+    resolved.targets.class_name = ""
+    return resolved

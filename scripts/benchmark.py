@@ -461,8 +461,7 @@ def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=No
         raise RuntimeError("the progress callback did not time any step; use --steps >= 2")
     peak = watch.peak()
     # XLA's own accounting of the compiled search (the executable is cached: no recompilation).
-    memory = explainer.compiled(pair.kind).lower(explainer.search_params,
-                                                 batch).compile().memory_analysis()
+    memory = explainer.compile(batch, kind=pair.kind).memory_analysis()
     return _summarise(first, calls, step_times, steps, setting, peak_bytes=peak,
                       first_call_peak_bytes=first_peak,
                       xla_temp_bytes=getattr(memory, "temp_size_in_bytes", None),
@@ -966,4 +965,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from sce_jax.command_line import parse_flags
+    app.run(main, flags_parser=parse_flags)  # bad flag: error line, exit 2; --help: exit 0

@@ -125,15 +125,9 @@ def main(argv):
     return 0
 
 
-def parse_flags(argv):
-    """absl's flag parsing, with a bad flag reported as ``error: ...``, exit 2."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(_error(e))
-
-
 FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
+    from sce_jax.command_line import parse_flags
+    # bad flag: error line, exit 2; --help: exit 0
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -11,7 +11,9 @@ PNGs), recomputes validity on the written 8-bit images with the run's classifier
 rewritten ``<workdir>/report.html`` links; then ``<out_dir>/<table_name>.md`` and ``.csv``,
 one row per workdir. What each number means: sce_jax/evaluation/protocol.py.
 
-Exit codes: 0 done; 2 a workdir that cannot be evaluated (``error: ...`` names each one) or a
+Installed as a package (no checkout): ``sce-jax-evaluate`` takes the same flags.
+
+Exit codes: 0 done (and for --help); 2 a workdir that cannot be evaluated (``error: ...`` names each one) or a
 bad flag; 1 an unexpected error (a bug).
 """
 
@@ -21,9 +23,10 @@ import sys
 from absl import app, flags, logging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run from a checkout without installing
+if os.path.isdir(os.path.join(ROOT, "sce_jax")):
+    sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import evaluation, log_filter  # noqa: E402
+from sce_jax import command_line, evaluation, log_filter  # noqa: E402
 
 EXIT_USER_ERROR = 2
 
@@ -40,13 +43,14 @@ flags.DEFINE_integer("kid_subset_size", 1000, "KID subset size (lowered to the s
 flags.DEFINE_integer("kid_subsets", 100, "Number of KID subsets.")
 flags.DEFINE_bool("plots", True, "Write the PNG plots and link them from report.html.")
 flags.DEFINE_integer("num_shown", 5, "Counterfactuals per row of best_worst.png.")
-flags.mark_flag_as_required("workdirs")
 
 
 def main(argv):
     if len(argv) > 1:
-        print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return command_line.error(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS.workdirs:
+        return command_line.error("--workdirs is required: the run folder(s) written by "
+                                  "scripts/explain.py, e.g. --workdirs=runs/fashion_mnist")
     log_filter.keep_own_info(os.path.dirname(os.path.abspath(__file__)))
     FLAGS = flags.FLAGS
     out_dir = FLAGS.out_dir
@@ -72,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=command_line.parse_flags)

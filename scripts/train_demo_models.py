@@ -210,4 +210,5 @@ def _load(directory):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from sce_jax.command_line import parse_flags
+    app.run(main, flags_parser=parse_flags)  # bad flag: error line, exit 2; --help: exit 0

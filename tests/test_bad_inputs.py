@@ -16,76 +16,18 @@ go through a whole run.
 import errno
 import json
 import os
-import shutil
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sce_jax import image_io, run
+from tests import bad_input_corpus as corpus
 from tests import multiprocess_worker as worker
 
-LUMA = np.array([0.299, 0.587, 0.114])
 ENOSPC_FOLDER = os.path.join("images", "0000005")  # the second example of batch 3
 TIMEOUT = 240
-
-
-def _png_header_only(path, width, height):
-    """A PNG whose header claims width x height (no pixel data): Pillow refuses it as a bomb."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-
-
-def _odd_folder(folder):
-    """11 files (6 batches of 2); returns {name: expected 8-bit grey original or None}."""
-    os.makedirs(folder)
-    rng = np.random.default_rng(3)
-    expected = {}
-
-    def grey_of_rgb(rgb):
-        return np.rint(np.clip(np.asarray(rgb, np.float64) / 255.0 @ LUMA, 0, 1) * 255)
-
-    grey = rng.integers(0, 256, (16, 16), dtype=np.uint8)
-    Image.fromarray(grey).save(os.path.join(folder, "a_grey.png"))
-    expected["a_grey.png"] = grey
-    rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
-    Image.fromarray(rgba, "RGBA").save(os.path.join(folder, "b_rgba.png"))
-    alpha = rgba[..., 3:] / 255.0
-    expected["b_rgba.png"] = grey_of_rgb(rgba[..., :3] * alpha + 255.0 * (1 - alpha))
-    palette = Image.fromarray(rng.integers(0, 4, (16, 16), dtype=np.uint8), "P")
-    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 250, 250, 250] + [0] * 756)
-    palette.save(os.path.join(folder, "c_palette.png"))
-    expected["c_palette.png"] = grey_of_rgb(np.asarray(palette.convert("RGB")))
-    deep = rng.integers(0, 65536, (16, 16)).astype(np.uint16)
-    Image.fromarray(deep).save(os.path.join(folder, "d_deep16.png"))
-    expected["d_deep16.png"] = np.rint(deep / 65535.0 * 255)
-    cmyk = Image.fromarray(rng.integers(0, 256, (16, 16, 4), dtype=np.uint8), "CMYK")
-    cmyk.save(os.path.join(folder, "e_cmyk.jpg"), quality=95)
-    with Image.open(os.path.join(folder, "e_cmyk.jpg")) as image:
-        assert image.mode == "CMYK"
-        expected["e_cmyk.jpg"] = grey_of_rgb(np.asarray(image.convert("RGB")))
-    Image.fromarray(np.full((1, 1), 77, np.uint8)).save(os.path.join(folder, "f_tiny.png"))
-    expected["f_tiny.png"] = np.full((16, 16), 77)
-    Image.fromarray(np.full((300, 500), 200, np.uint8)).save(os.path.join(folder, "g_large.png"))
-    expected["g_large.png"] = np.full((16, 16), 200)
-    _png_header_only(os.path.join(folder, "h_bomb.png"), 20000, 20000)
-    whole = open(os.path.join(folder, "g_large.png"), "rb").read()
-    with open(os.path.join(folder, "i_truncated.png"), "wb") as f:
-        f.write(whole[: len(whole) // 2])
-    with open(os.path.join(folder, "j_corrupt.png"), "wb") as f:
-        f.write(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
-    with open(os.path.join(folder, "k_text.jpg"), "w") as f:
-        f.write("these are notes, not a photograph")
-    for name in ("h_bomb.png", "i_truncated.png", "j_corrupt.png", "k_text.jpg"):
-        expected[name] = None
-    return expected
 
 
 def tiny_config(checkpoints, source):
@@ -101,7 +43,7 @@ def shared(tmp_path_factory):
 def inputs(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("bad_inputs") / "odd")
     return {"checkpoints": worker.shared_fixtures(tmp_path_factory)["checkpoints"],
-            "folder": folder, "expected": _odd_folder(folder)}
+            "folder": folder, "expected": corpus.write_odd_folder(folder)}
 
 
 def _snapshot(workdir):
@@ -152,29 +94,26 @@ def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs,
         committed, key=lambda r: (r["example_id"], r["target"], r["attempt"]))
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
-    assert summary["complete"] and summary["num_images"] == 11 and summary["num_skipped"] == 4
+    assert summary["complete"] and summary["num_images"] == 15 and summary["num_skipped"] == 7
 
     # odd but valid files are explained; bad ones are skipped with their reason
     by_name = {}
     for r in records:
         by_name.setdefault(os.path.basename(r["source"]), []).append(r)
-    for name, grey in inputs["expected"].items():
+    assert sorted(by_name) == sorted(inputs["expected"])  # none left out
+    for name, expected in inputs["expected"].items():
         rows = by_name[name]
-        if grey is None:
+        if isinstance(expected, str):
             assert len(rows) == 1 and rows[0]["status"] == "skipped" and rows[0]["files"] == {}
-            assert rows[0]["reason"].startswith("cannot decode image: "), rows[0]
+            assert rows[0]["reason"].startswith(expected), rows[0]
             continue
         assert [r["status"] for r in rows] == ["ok", "ok"], name
         original = image_io.read_png(os.path.join(workdir, rows[0]["files"]["original"]))[..., 0]
-        assert np.abs(original.astype(int) - grey).max() <= 1, name
+        assert np.abs(original.astype(int) - expected).max() <= 1, name
         for r in rows:
             assert image_io.read_png(os.path.join(workdir, r["files"]["counterfactual"])).shape == (16, 16, 1)
-    reasons = {name: by_name[name][0]["reason"] for name in inputs["expected"]
-               if inputs["expected"][name] is None}
-    assert "DecompressionBombError" in reasons["h_bomb.png"] and "400000000 pixels" in reasons["h_bomb.png"]
-    assert "truncated" in reasons["i_truncated.png"].lower()
-    assert "cannot identify image file" in reasons["j_corrupt.png"]
-    assert "cannot identify image file" in reasons["k_text.jpg"]
+    assert "400000000 pixels" in by_name["h_bomb.png"][0]["reason"]
+    assert "truncated" in by_name["i_truncated.png"][0]["reason"].lower()
 
 
 def _assert_stops_before_work(config, workdir, message):
@@ -187,44 +126,14 @@ def _assert_stops_before_work(config, workdir, message):
 
 
 def test_bad_run_level_inputs_stop_before_any_work(inputs, tmp_path):
-    checkpoints = inputs["checkpoints"]
-
-    def config(**changes):
-        c = tiny_config(checkpoints, inputs["folder"])
-        for key, value in changes.items():
-            section, _, field = key.partition("__")
-            setattr(c[section], field, value) if field else setattr(c, section, value)
-        return c
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    npz_missing = tmp_path / "missing.npz"
-    np.savez(npz_missing, x_train=np.zeros((2, 16, 16), np.uint8))
-    npz_nan = tmp_path / "nan.npz"
-    np.savez(npz_nan, images=np.full((2, 16, 16), np.nan, np.float32), labels=[0, 1])
-    npz_labels = tmp_path / "labels.npz"
-    np.savez(npz_labels, images=np.zeros((2, 16, 16), np.uint8), labels=[1, 3])
-    misfit = tmp_path / "misfit"
-    shutil.copytree(checkpoints[1], misfit)
-    meta = json.loads((misfit / "model.json").read_text())
-    meta["config"]["widths"] = [4, 16]
-    (misfit / "model.json").write_text(json.dumps(meta))
-    cases = [
-        (config(data__source=str(empty)), r"holds no image files"),
-        (config(data__source=str(npz_missing)), r"has no array 'images' \(it holds: x_train\)"),
-        (config(data__source=str(npz_nan)), r"NaN or infinite pixels"),
-        (config(data__source=str(npz_labels)),
-         r"label 3 of .*labels.npz\[1\] is out of range for 3 classes"),
-        (config(targets__kind="class", targets__class_index=3),
-         r"target class 3 is out of range: "),
-        (config(classifier__checkpoint=checkpoints[0]),
-         r"holds a AutoencoderKL, expected ResNet, DenseNet, SmallCNN"),
-        (config(generator__checkpoint=str(tmp_path)), r"no model.json; not an sce_jax checkpoint"),
-        (config(classifier__checkpoint=str(misfit)), r"cannot be restored into a SmallCNN of this config"),
-        (config(data__image_size=(15, 16)), r"not a multiple"),
-    ]
-    for i, (c, message) in enumerate(cases):
-        _assert_stops_before_work(c, str(tmp_path / f"work{i}"), message)
+    cases = corpus.run_level_cases(str(tmp_path / "corpus"), inputs["checkpoints"])
+    assert len(cases) == len({c.name for c in cases})
+    for i, case in enumerate(cases):
+        config = corpus.apply(tiny_config(inputs["checkpoints"], inputs["folder"]), case.changes)
+        try:
+            _assert_stops_before_work(config, str(tmp_path / f"work{i}"), case.message)
+        except BaseException as e:
+            raise AssertionError(f"case {case.name!r}: {e}") from e
 
 
 def test_unwritable_workdir_is_refused_before_any_work(inputs, tmp_path, monkeypatch):
@@ -240,6 +149,22 @@ def test_unwritable_workdir_is_refused_before_any_work(inputs, tmp_path, monkeyp
     with pytest.raises(run.WorkdirWriteError,
                        match=r"the workdir .*ro cannot be written \(Read-only file system: "):
         run.explain_dataset(config, str(tmp_path / "ro"))
+
+
+def test_a_failed_write_of_the_run_record_is_a_user_error(inputs, tmp_path, monkeypatch):
+    config = tiny_config(inputs["checkpoints"], inputs["folder"])
+    real = image_io.atomic_write
+
+    def full_disk_for_run_config(path, *args, **kwargs):
+        if path.endswith("run_config.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(image_io, "atomic_write", full_disk_for_run_config)
+    with pytest.raises(run.WorkdirWriteError, match=r"^the disk is full: No space left on device "
+                       r"\(.*run_config.json\). Nothing was explained by this run; fix the problem"):
+        run.explain_dataset(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "parts")
 
 
 def test_read_only_workdir_by_permissions(inputs, tmp_path):
@@ -273,6 +198,9 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
         ([f"--compilation_cache={tmp_path / 'a_file' / 'cache'}"], "compilation cache"),
         (["--config.targets.kind=class", "--config.targets.class_index=7"], "out of range"),
         (["--process_id=1"], "--process_id/--coordinator_address without --num_processes"),
+        (["--config.search.steps=0"], "search config steps=0: must be >= 1"),
+        (["--config.search.learning_rate=nan"], "search config learning_rate=nan: must be a finite number"),
+        (["--peer_timeout=0"], "--peer_timeout=0.0: must be a number of seconds > 0"),
     ]
     env = worker.worker_env()
     procs = [subprocess.Popen([sys.executable, worker.EXPLAIN, f"--config={config}",

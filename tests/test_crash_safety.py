@@ -118,17 +118,24 @@ def test_killed_at_every_stage_then_resumed_equals_the_uninterrupted_run(setup, 
     _assert_same_as_reference(workdir, setup["reference"])
 
 
-def test_sigterm_finishes_the_batch_exits_75_and_the_rerun_completes(setup, tmp_path):
+def _handles(proc, signum):
+    """True once ``proc`` has installed a handler for ``signum`` (Linux: SigCgt in /proc)."""
+    with open(f"/proc/{proc.pid}/status") as f:
+        caught = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) >> (signum - 1) & 1)
+
+
+def test_sigint_finishes_the_batch_exits_75_and_the_rerun_completes(setup, tmp_path):
     workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
-    # Hold the run after batch 2's PNGs, send SIGTERM there, then let it go on.
+    # Hold the run after batch 2's PNGs, press Ctrl-C there, then let it go on.
     proc = _start(setup, workdir, hooks, "part:2")
     worker.wait_for_file(str(hooks / "blocked"), proc, TIMEOUT)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
     (hooks / "release").write_text("")
     code, _, err = worker.finish(proc, TIMEOUT)
     assert code == 75, err[-4000:]
     assert "stopped on request before the end; rerun the same command to resume" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
     # the batch in flight was committed, nothing after it was started
     assert _committed_ids(workdir) == [0, 0, 1, 1, 2, 2, 3]
     records = worker.read_manifest(workdir)
@@ -138,4 +145,29 @@ def test_sigterm_finishes_the_batch_exits_75_and_the_rerun_completes(setup, tmp_
 
     code, _, err = worker.finish(_start(setup, workdir), TIMEOUT)
     assert code == 0, err[-4000:]
+    _assert_same_as_reference(workdir, setup["reference"])
+
+
+def test_sigterm_at_start_exits_75_and_during_the_last_batch_completes(setup, tmp_path):
+    workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
+    # SIGTERM as soon as the script runs (before jax is even imported): one batch, then 75
+    proc = _start(setup, workdir)
+    deadline = time.monotonic() + TIMEOUT
+    while not _handles(proc, signal.SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = worker.finish(proc, TIMEOUT)
+    assert code == 75, err[-4000:]
+    assert "Traceback" not in err
+    assert _committed_ids(workdir) == [0, 0, 1, 1]
+
+    # SIGTERM while the last of the 4 remaining batches is written: nothing is left, exit 0
+    proc = _start(setup, workdir, hooks, "part:4")
+    worker.wait_for_file(str(hooks / "blocked"), proc, TIMEOUT)
+    proc.send_signal(signal.SIGTERM)
+    (hooks / "release").write_text("")
+    code, _, err = worker.finish(proc, TIMEOUT)
+    assert code == 0, err[-4000:]
+    assert "rerun" not in err and "Traceback" not in err
     _assert_same_as_reference(workdir, setup["reference"])

@@ -38,10 +38,15 @@ def test_folder_is_searched_recursively_sorted_and_filtered(tmp_path):
     (root / "notes.txt").write_text("ignored")
     _png(str(root / ".hidden.png"), _solid(4, 4, (0, 0, 0)))
     _png(str(root / ".cache" / "x.png"), _solid(4, 4, (0, 0, 0)))
+    Image.fromarray(_solid(4, 4, (40, 40, 40))).save(root / "d.gif")
+    (root / "e.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # an image Pillow cannot decode
     ds = _open(root)
     rel = [os.path.relpath(s, root).replace(os.sep, "/") for s in ds.sources]
-    assert rel == ["a/y.jpeg", "a/z.PNG", "b.png", "c.webp"]
-    assert ds.num_examples == 4 and ds.max_label is None and ds.num_classes_seen is None
+    assert rel == ["a/y.jpeg", "a/z.PNG", "b.png", "c.webp", "d.gif", "e.heic"]
+    assert ds.num_examples == 6 and ds.max_label is None and ds.num_classes_seen is None
+    # a GIF is explained (its first frame); another image format is skipped with the reason
+    np.testing.assert_allclose(ds.load(4).image, np.full((8, 8, 3), 40 / 255), atol=1e-6)
+    assert ds.load(5).reason.startswith("cannot decode image: ")
     example = ds.load(2)
     assert example.image.shape == (8, 8, 3)
     np.testing.assert_allclose(example.image, np.broadcast_to(np.array([10, 20, 30]) / 255, (8, 8, 3)),
@@ -273,8 +278,15 @@ def test_npz_errors(tmp_path):
     nan = np.zeros((4, 4, 4), np.float32)
     nan[2, 1, 1] = np.nan
     np.savez(tmp_path / "nan.npz", images=nan, labels=np.zeros(4, int))
-    with pytest.raises(DataError, match=r"NaN or infinite pixels in 1 images \(first: index 2\)"):
-        _open(tmp_path / "nan.npz")
+    # one bad image is skipped with its reason (as a bad file of a folder), not the whole run
+    ds = _open(tmp_path / "nan.npz")
+    skipped = ds.load(2)
+    assert skipped == data.SkipRecord(2, f"{tmp_path / 'nan.npz'}[2]", "the image holds NaN or "
+                                      f"infinite pixels ({tmp_path / 'nan.npz'}[2])")
+    assert ds.load(1).image.shape == (8, 8, 3)
+    np.savez(tmp_path / "all_nan.npz", images=np.full((2, 4, 4), np.inf, np.float32), labels=[0, 0])
+    with pytest.raises(DataError, match=r"holds NaN or infinite pixels in every image"):
+        _open(tmp_path / "all_nan.npz")
     np.savez(tmp_path / "range.npz", images=np.zeros((3, 4, 4), np.uint8), labels=[0, 1, 5])
     with pytest.raises(DataError) as e:
         _open(tmp_path / "range.npz", num_classes=3)
@@ -306,7 +318,8 @@ def test_csv_errors(tmp_path):
                             "expected the header path,target[,region][,label]")
     with pytest.raises(DataError, match=r"unknown column\(s\) colour"):
         _open(csv("b.csv", "path,target,colour\nx.png,1,red\n"))
-    with pytest.raises(DataError, match=r"b2.csv line 3: target 'cat' is not an integer class index"):
+    with pytest.raises(DataError, match=r"b2.csv line 3: target 'cat' is a name, but the classifier "
+                                         r"has no class names"):
         _open(csv("b2.csv", "path,target\nx.png,1\ny.png,cat\n"))
     with pytest.raises(DataError, match=r"c.csv line 2: 3 fields, the header has 2"):
         _open(csv("c.csv", "path,target\nx.png,1,extra\n"))

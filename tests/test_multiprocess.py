@@ -7,7 +7,9 @@ with batches of 2 rows: every device computes 2 rows in both, so the images must
 1/255; in practice bit for bit). Numbers in the records may differ in the last float bit
 (the 8-bit re-check classifies a whole local batch at once, whose size differs).
 
-Also: how :mod:`sce_jax.distributed` reads explicit values and cluster environments.
+Also: how :mod:`sce_jax.distributed` reads explicit values and cluster environments, and that
+processes which cannot work together (one never started, different configs, a check failing on
+one, one killed mid-run) all end within bounded time with one ``error:`` line each.
 """
 
 import json
@@ -139,3 +141,68 @@ def test_slurm_and_auto_detected_clusters():
         assert resolve_setup(env=env).mode == "auto"
     for env in ({"TPU_WORKER_HOSTNAMES": "localhost"}, {"OMPI_COMM_WORLD_SIZE": "1"}):
         assert resolve_setup(env=env).mode == "single"
+
+
+def _start_processes(shared, workdir, extra=(), count=2, env=None, port=None):
+    port = port or _free_port()
+    return [worker.start([f"--config={shared['config']}", f"--workdir={workdir}",
+                          f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
+                          f"--process_id={p}", "--cpu_devices_per_process=1", *extra_p],
+                         (env or {}).get(p, worker.worker_env()))
+            for p, extra_p in enumerate(extra or [()] * count)]
+
+
+def _finish_all(procs):
+    try:
+        return [worker.finish(proc, TIMEOUT) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def _last_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and "Fatal Python error" not in err, err[-4000:]
+    return lines[-1]
+
+
+def test_processes_that_cannot_agree_fail_cleanly(tmp_path_factory, tmp_path):
+    """Each case once hung (> 400 s) or aborted; now every process ends with one error line."""
+    shared = worker.shared_fixtures(tmp_path_factory)
+    (tmp_path / "a_file").write_text("not a folder")
+    alone = _start_processes(shared, str(tmp_path / "alone"), [("--peer_timeout=5",)])
+    mismatch = _start_processes(shared, str(tmp_path / "mismatch"),
+                                [("--config.search.steps=3",), ("--config.search.steps=4",)])
+    unwritable = _start_processes(shared, str(tmp_path / "a_file" / "run"))
+    (code, _, err), = _finish_all(alone)  # process 1 never started
+    assert code == 69, err[-4000:]
+    assert _last_line(err).startswith("error: the processes did not all join within 5 s "
+                                      "(process 0 of 2, coordinator 127.0.0.1:")
+    for code, _, err in _finish_all(mismatch):
+        assert code == 2, err[-4000:]
+        assert _last_line(err) == (
+            "error: process 1 was started with another config than process 0 (differs in: "
+            "search.steps); start every process with the same command apart from --process_id")
+    (code0, _, err0), (code1, _, err1) = _finish_all(unwritable)  # only process 0 checks it
+    assert code0 == code1 == 2, err0[-4000:] + err1[-4000:]
+    assert "cannot be written" in _last_line(err0)
+    assert _last_line(err1).startswith("error: process 0 stopped before any work: the workdir ")
+
+
+def test_a_dead_process_ends_the_others_with_a_clean_error(tmp_path_factory, tmp_path):
+    shared = worker.shared_fixtures(tmp_path_factory)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    # process 1 holds before its second batch's search; process 0 goes on and waits for it
+    env = {1: worker.worker_env(SCE_TEST_HOOK_DIR=str(hooks), SCE_TEST_BLOCK="search:2")}
+    procs = _start_processes(shared, str(tmp_path / "run"), [("--peer_timeout=20",)] * 2,
+                             env=env)
+    worker.wait_for_file(str(hooks / "blocked"), procs[1], TIMEOUT)
+    procs[1].kill()
+    (code, _, err), _ = _finish_all(procs)
+    assert code == 69, err[-4000:]
+    line = _last_line(err)
+    assert line.startswith("error: process 1 of 2 did not reach ") and "this is process 0" in line
+    assert "rerun every process to resume" in line

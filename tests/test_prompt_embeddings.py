@@ -90,6 +90,12 @@ def assert_one_error_line(result, pattern):
     assert "Traceback" not in result.stderr
 
 
+def test_script_help_and_bad_flag():
+    result = run_script("--help")
+    assert result.returncode == 0 and "--pipeline" in result.stdout
+    assert_one_error_line(run_script("--pipline=/x"), "pipline")
+
+
 def test_script_missing_or_non_pipeline_folder(tmp_path):
     assert_one_error_line(run_script(f"--pipeline={tmp_path}/nope", f"--out={tmp_path}/e.npz"),
                           "no such folder")

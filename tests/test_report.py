@@ -94,11 +94,13 @@ def test_report_links_exist_and_numbers_appear(workdir):
     path = report.write_report(str(workdir), class_names=CLASS_NAMES)
     assert path == str(workdir / "report.html")
     page = _parse(path)
-    assert len(page.images) == 2 * (1 + 2 * 2)  # per image: original + 2 x (cf, difference)
+    assert len(page.images) == 2 * (1 + 2 * 3)  # per image: original + 2 x (cf, difference, mask)
     for link in page.images + page.links:
         assert not os.path.isabs(link) and "://" not in link
         assert (workdir / link).is_file(), link
-    assert sum(link.endswith("mask_t2_a0.png") for link in page.links) == 2
+    # the edit mask is shown beside its counterfactual, and no image is a link to a tiny PNG
+    assert sum(link.endswith("mask_t2_a0.png") for link in page.images) == 2
+    assert not any(link.endswith(".png") for link in page.links)
     text = page.joined
     for expected in ("50.0%", "0.0123", "0.0456", "3.2%", "2.346", "12.3 s",   # summary
                      "lpips mean", "0.1234", '"count": 4',                    # unknown keys
@@ -127,7 +129,7 @@ def test_manifest_text_is_escaped_and_skips_listed(workdir):
 
 def test_max_examples_limits_the_rows(workdir):
     page = _parse(report.write_report(str(workdir), max_examples=1))
-    assert len(page.images) == 5
+    assert len(page.images) == 7
     assert "Showing the first 1 of 2 images" in page.joined
 
 
@@ -179,3 +181,29 @@ def test_evaluation_plots_are_linked_when_present(workdir):
     page = _parse(report.write_report(str(workdir)))
     assert "evaluation/metrics.json" in page.links
     assert page.joined.index("Evaluation") < page.joined.index("Counterfactuals (2 images)")
+
+
+def test_evaluation_headline_figures_are_in_the_summary(workdir):
+    """After scripts/evaluate.py: FID, KID with its spread and why it may be negative,
+    diversity, non-adversarial rate and ground truth appear in the report's summary."""
+    (workdir / "evaluation").mkdir()
+    metrics = {"validity": {"flip_rate": 0.75}, "diversity": {"diversity_cosine": {"mean": 0.967}},
+               "non_adversarial": {"rate": 0.344}, "realism": {"fid": 12.5, "kid": -0.32, "kid_std": 0.41},
+               "ground_truth": {"all_found_rate": 0.25, "dominant_rate": {"square": 0.8}}}
+    (workdir / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
+    text = _parse(report.write_report(str(workdir), class_names=CLASS_NAMES)).joined
+    for expected in ("flip rate re-checked on the PNGs", "75.0%", "0.967", "34.4%", "12.5",
+                     "-0.32 ± 0.41", "can be negative", "all factors found", "25.0%",
+                     "changes mostly the square", "80.0%"):
+        assert expected in text, expected
+    assert text.index("can be negative") < text.index("Counterfactuals (")
+
+
+def test_summary_of_a_resumed_run_names_each_run(workdir):
+    summary = json.loads((workdir / "summary.json").read_text())
+    summary["runs"] = [{"counterfactuals": 6, "elapsed_seconds": 3.0},
+                       {"counterfactuals": 2, "elapsed_seconds": 1.5}]
+    (workdir / "summary.json").write_text(json.dumps(summary))
+    text = _parse(report.write_report(str(workdir))).joined
+    assert "done by 2 runs (resumed): 6 in 3.0 s; 2 in 1.5 s" in text
+    assert "runs" not in [line.strip() for line in text.split("\n")]

@@ -15,7 +15,7 @@ from sce_jax.run_config import RunConfigError
 from sce_jax.weights.checkpoint import save_model
 from tests import multiprocess_worker as worker
 
-TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds")
+TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds", "runs")  # differ run to run
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,29 @@ def test_run_writes_images_manifest_summary_and_report(checkpoints, image_folder
     assert "img2.png" in html and ok[0]["files"]["counterfactual"] in html
 
 
+def test_run_by_class_name_says_what_it_does_and_records_names(checkpoints, image_folder, tmp_path,
+                                                                capsys):
+    """targets.class_name, class names and the goal in each record, results.csv, and the
+    loading/compiling messages before the progress line."""
+    import csv
+
+    config = worker.tiny_config(checkpoints, image_folder, search__steps=2, search__attempts=1,
+                                output__report=False, classifier__class_names=("cat", "dog", "owl"),
+                                targets__kind="class", targets__class_name="Owl")
+    workdir = str(tmp_path / "run")
+    run.explain_dataset(config, workdir)
+    err = capsys.readouterr().err
+    assert err.index("loading the models and the data") < err.index("compiling the search") < err.index("[")
+    ok = [r for r in _manifest(workdir) if r["status"] == "ok"]
+    assert {(r["target"], r["target_name"], r["goal"]) for r in ok} == {(2, "owl", "reach owl")}
+    assert all(r["prediction_name"] == ("cat", "dog", "owl")[r["prediction"]] for r in ok)
+    with open(os.path.join(workdir, "run_config.json")) as f:
+        assert json.load(f)["targets"] == {"kind": "class", "class_index": 2, "class_name": ""}
+    with open(os.path.join(workdir, "results.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5 and {row["goal"] for row in rows if row["status"] == "ok"} == {"reach owl"}
+
+
 def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints, image_folder, tmp_path):
     config = tiny_config(checkpoints, image_folder)
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
@@ -92,8 +115,12 @@ def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints,
             b = np.asarray(Image.open(os.path.join(resumed_dir, r["files"]["counterfactual"])))
             np.testing.assert_array_equal(a, b)
     # a rerun of a finished run does nothing and duplicates nothing
+    with open(os.path.join(resumed_dir, "summary.json")) as f:
+        before = json.load(f)
     again = run.explain_dataset(config, resumed_dir)
-    assert again["counterfactuals_per_second"] == 0
+    # ... and keeps the throughput of the two runs that did the work (interrupted, resumed)
+    assert again["counterfactuals_per_second"] == before["counterfactuals_per_second"] > 0
+    assert [r["counterfactuals"] > 0 for r in again["runs"]] == [True, True]
     assert _manifest(resumed_dir) == _manifest(full_dir)
 
 
@@ -124,3 +151,77 @@ def test_bad_run_level_inputs_stop_before_any_work(checkpoints, image_folder, tm
         run.explain_dataset(config, str(tmp_path / "c"))
     for name in ("a", "b", "c"):
         assert not os.path.exists(tmp_path / name / "manifest.jsonl")
+
+
+def test_csv_targets_over_a_padded_batch_with_an_empty_target(checkpoints, image_folder, tmp_path):
+    # 3 rows, batches of 2: the second batch is padded, and row 1 has no target. Padding and
+    # the empty target are never searched (once they made the target check fail the run).
+    csv = tmp_path / "targets.csv"
+    csv.write_text(f"path,target\n{image_folder}/img0.png,1\n{image_folder}/img1.png,\n"
+                   f"{image_folder}/img3.png,2\n")
+    config = tiny_config(checkpoints, str(csv))
+    config.targets.kind = "csv"
+    config.output.report = False
+    summary = run.explain_dataset(config, str(tmp_path / "run"))
+    records = _manifest(str(tmp_path / "run"))
+    assert summary["complete"] and summary["num_images"] == 3 and summary["num_skipped"] == 1
+    assert [(r["example_id"], r["status"], r["target"]) for r in records] == [
+        (0, "ok", 1), (0, "ok", 1), (1, "skipped", -1), (2, "ok", 2), (2, "ok", 2)]
+    assert records[2]["reason"] == "the CSV gives no target for this image"
+
+
+def test_resume_with_a_changed_input_set_is_refused(checkpoints, image_folder, tmp_path):
+    import shutil
+
+    from sce_jax.run_inputs import INPUTS_FILE, InputSetChangedError
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_folder, folder)
+    config = tiny_config(checkpoints, str(folder))
+    config.output.report = False
+    workdir = str(tmp_path / "run")
+    run.explain_dataset(config, workdir)
+    with open(os.path.join(workdir, INPUTS_FILE)) as f:
+        assert json.load(f)["sources"] == [str(folder / f"img{i}.png") for i in range(5)]
+    manifest = _manifest(workdir)
+    # a file that sorts between two others shifts every later id: resuming would map results
+    # to the wrong files and never explain the new one
+    shutil.copy(folder / "img0.png", folder / "img1_late.png")
+    with pytest.raises(InputSetChangedError, match=r"\(6 inputs now, 5 when the workdir was made; "
+                       r"added: img1_late.png\); resume with the inputs"):
+        run.explain_dataset(config, workdir)
+    assert issubclass(InputSetChangedError, run.USER_ERRORS)
+    # a workdir written before inputs.json existed is checked against its records' sources
+    os.remove(os.path.join(workdir, INPUTS_FILE))
+    with pytest.raises(InputSetChangedError, match=r"example 2 was .*img2.png, it is now .*img1_late.png"):
+        run.explain_dataset(config, workdir)
+    assert _manifest(workdir) == manifest  # nothing was touched
+    os.remove(folder / "img1_late.png")  # the original set resumes (nothing left to do)
+    assert run.explain_dataset(config, workdir)["complete"]
+    assert os.path.exists(os.path.join(workdir, INPUTS_FILE)) and _manifest(workdir) == manifest
+
+
+def test_batches_never_exceed_the_data_and_a_search_too_large_is_refused(
+        checkpoints, image_folder, tmp_path, monkeypatch):
+    from sce_jax import memory_check
+    from sce_jax.explainer import Explainer
+
+    config = tiny_config(checkpoints, image_folder)
+    config.output.report = False
+    config.batch_size = 100000  # 5 images: batches of 5 rows, not 100000
+    config.max_memory_gb = 1e-6
+    with pytest.raises(memory_check.MemoryLimitError, match=(
+            r"^the search for batches of 5 images of 16x16x1 needs about [0-9.e-]+ GB of "
+            r"memory, more than 1e-06 GB \(max_memory_gb=1e-06\); lower batch_size")):
+        run.explain_dataset(config, str(tmp_path / "refused"))
+    assert not os.path.exists(tmp_path / "refused" / "parts")
+    with pytest.raises(memory_check.MemoryLimitError, match=r"more than .* GB \(the machine's RAM\)"):
+        memory_check.check_fits(2 ** 60, max_memory_gb=0.0, what="a test")
+
+    shapes = []
+    search = Explainer.explain_arrays
+    monkeypatch.setattr(Explainer, "explain_arrays", lambda self, batch, *, kind: (
+        shapes.append(batch.images.shape), search(self, batch, kind=kind))[1])
+    config.max_memory_gb = 0.0
+    summary = run.explain_dataset(config, str(tmp_path / "run"))
+    assert summary["complete"] and shapes == [(5, 16, 16, 1)]

@@ -249,6 +249,19 @@ def test_config_errors_name_the_problem():
         search_config.settings_from_config({"smoothing": {"spac": "pixel"}})
     with pytest.raises(search_config.SearchConfigError, match=r"output_mode='resid'"):
         search_config.settings_from_config({"output_mode": "resid"})
+    # every number must be finite: NaN passes a `value < minimum` test, so it is named
+    for key, value, message in [("learning_rate", float("nan"), "must be a finite number"),
+                                ("temperature", float("inf"), "must be a finite number"),
+                                ("smoothing", {"sigma": float("nan")}, r"smoothing.sigma=nan"),
+                                ("mask", {"threshold": float("-inf")}, r"mask.threshold=-inf"),
+                                ("steps", 0, r"steps=0: must be >= 1"),
+                                ("attempts", 0, r"attempts=0: must be >= 1"),
+                                ("learning_rate", -1.0, r"learning_rate=-1.0: must be >= 0"),
+                                ("temperature", 0.0, r"temperature=0.0: must be >= 1e-06"),
+                                ("smoothing", {"num_samples": 0}, r"num_samples=0: must be >= 1"),
+                                ("optimizer", "rmsprop", r"optimizer='rmsprop': must be one of")]:
+        with pytest.raises(search_config.SearchConfigError, match=message):
+            search_config.settings_from_config({key: value})
     with pytest.raises(ValueError, match=r"target class 5 is out of range"):
         Explainer(toy_generator(), mean_colour_classifier()).explain(greenish_images(1), targets=[5])
     with pytest.raises(ValueError, match=r"not a multiple of toy's downsampling factor 4"):

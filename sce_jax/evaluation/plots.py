@@ -21,6 +21,7 @@ import numpy as np
 
 from sce_jax import image_io
 
+ROW_INCHES = 1.45  # height of one row of best_worst.png: a 1-inch image and its caption
 HISTOGRAMS = (("pixel_l1", "pixel L1 (mean |x' - x|)"), ("pixel_l2", "pixel L2 (||x' - x||)"),
               ("latent_l1", "latent L1 (mean |E(x') - E(x)|)"),
               ("changed_fraction", "share of pixels changed"))
@@ -88,7 +89,9 @@ def best_worst(path: str, originals: np.ndarray, counterfactuals: np.ndarray,
     ``captions[i]`` is written under counterfactual ``i``.
     """
     columns = max([len(r) for _, r in rows] + [1])
-    figure = _figure(2.0 * columns, 2.3 * max(1, len(rows)))
+    # Each image cell is about 1 inch square; a row adds room for two caption lines only, so
+    # the rows sit close together.
+    figure = _figure(2.0 * columns + 0.4, ROW_INCHES * max(1, len(rows)))
     grid = figure.subplots(max(1, len(rows)), 2 * columns, squeeze=False)
     for line, (title, indices) in zip(grid, rows):
         for j, ax in enumerate(line):

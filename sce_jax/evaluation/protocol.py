@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from sce_jax import image_io, metrics, report
+from sce_jax import image_io, metrics, record_names, report
 from sce_jax.evaluation import desiderata, factors, models, plots, tables
 from sce_jax.evaluation.run_outputs import (EvaluationError, RunOutputs, attempt_groups,
                                             check_workdir, read_run)
@@ -112,6 +112,12 @@ def _class_names(config) -> tuple[str, ...]:
 def _namer(config):
     names = _class_names(config)
     return lambda t: f"{names[t]} ({t})" if 0 <= t < len(names) else str(t)
+
+
+def _caption(row: Mapping[str, Any], names: Sequence[str]) -> str:
+    """A best_worst.png caption: example, the goal in words (class names), attempt, pixel L1."""
+    goal = record_names.goal(row, names) or f"target {row.get('target')}"
+    return f"#{row['example_id']} {goal}\na{row['attempt']}, L1 {row['pixel_l1']:.3g}"
 
 
 def _per_example(fn, run: RunOutputs, first: np.ndarray) -> np.ndarray:
@@ -311,8 +317,7 @@ def _write_outputs(run: RunOutputs, result: dict[str, Any], options: EvaluationO
         values = {k: np.asarray([np.nan if row.get(k) is None else row[k] for row in rows], np.float64)
                   for k, _ in plots.HISTOGRAMS if any(row.get(k) is not None for row in rows)}
         per_target = {int(t): v for t, v in result["validity"]["per_target"].items()}
-        captions = [f"#{row['example_id']} t{row['target']} a{row['attempt']}\n"
-                    f"L1 {row['pixel_l1']:.3g}" for row in rows]
+        captions = [_caption(row, _class_names(run.config)) for row in rows]
         written = plots.write_plots(folder, values=values, valid=valid, per_class=per_target,
                                     names=_namer(run.config), originals=run.originals,
                                     counterfactuals=run.counterfactuals, captions=captions,
@@ -350,7 +355,8 @@ def evaluate_workdirs(workdirs: Sequence[str], out_dir: str, *, table_name: str 
     networks = models.Networks(options.batch_size)
     for workdir in workdirs:
         result = evaluate_workdir(workdir, options, networks)
-        logging.info("%s: flip rate %s, written to %s", result["run"], result["table"]["flip_rate"],
+        logging.info("%s: flip rate %s, written to %s", result["run"],
+                     report.format_value(result["table"]["flip_rate"], "percent"),
                      os.path.join(result["workdir"], FOLDER, METRICS))
         results.append(result)
     paths = tables.write_tables(out_dir, [r["table"] for r in results], table_name)

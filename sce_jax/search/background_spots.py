@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sce_jax.search import masks
 
@@ -33,11 +34,18 @@ MAX_COVERAGE = 0.5     # ... on less than half of it: a spot
 WINDOW = 5
 
 
+def _window_counts(size: int) -> np.ndarray:
+    """How many of the WINDOW positions centred on each index fall inside ``size``."""
+    r = WINDOW // 2
+    i = np.arange(size)
+    return (np.minimum(i + r, size - 1) - np.maximum(i - r, 0) + 1).astype(np.float32)
+
+
 def _box_mean(maps: jax.Array) -> jax.Array:
+    """Mean over the WINDOW x WINDOW neighbourhood inside the image (a constant count map)."""
     total = jax.lax.reduce_window(maps, 0.0, jax.lax.add, (1, WINDOW, WINDOW, 1), (1, 1, 1, 1), "SAME")
-    count = jax.lax.reduce_window(jnp.ones_like(maps), 0.0, jax.lax.add, (1, WINDOW, WINDOW, 1),
-                                  (1, 1, 1, 1), "SAME")
-    return total / count
+    count = np.outer(_window_counts(maps.shape[1]), _window_counts(maps.shape[2]))
+    return total / count[None, :, :, None]
 
 
 def empty_background(x: jax.Array) -> jax.Array:

@@ -13,6 +13,7 @@ Fashion-MNIST demo (see WORKSPACE.md, "Tuning the defaults").
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import ml_collections
@@ -156,13 +157,16 @@ def _check_keys(given: Mapping[str, Any], known: Mapping[str, Any], where: str) 
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
         raise SearchConfigError(f"search config {name}={value!r}: must be one of {options}")
     return value
 
 
 def _at_least(name: str, value, minimum) -> Any:
-    if value < minimum:
+    """``value`` if it is a finite number ``>= minimum``; NaN and infinities are refused."""
+    if not math.isfinite(value):
+        raise SearchConfigError(f"search config {name}={value!r}: must be a finite number")
+    if not value >= minimum:
         raise SearchConfigError(f"search config {name}={value!r}: must be >= {minimum}")
     return value
 

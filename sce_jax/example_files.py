@@ -1,0 +1,55 @@
+"""The PNG files of one explained image, as the dataset run and ``save_explanation`` write them.
+
+Per example folder ``images/<id:07d>/``: ``original.png`` and, per attempt ``a`` of target
+``t``, ``cf_t<t>_a<a>.png`` (the 8-bit counterfactual), ``diff_t<t>_a<a>.png`` (difference heat
+map, :func:`sce_jax.image_io.difference_heatmap`) and ``mask_t<t>_a<a>.png`` (edit mask).
+Every file is written atomically (:func:`sce_jax.image_io.write_png`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from sce_jax import image_io
+
+IMAGES = "images"
+
+
+def example_folder(example_id: int) -> str:
+    """The folder of one example, relative to the workdir."""
+    return os.path.join(IMAGES, f"{int(example_id):07d}")
+
+
+def write_example_files(workdir: str, example_id: int, original: np.ndarray,
+                        counterfactuals: np.ndarray, masks: np.ndarray | None, target: int, *,
+                        heatmaps: bool = True, write_masks: bool = True,
+                        write_original: bool = True) -> list[dict[str, str]]:
+    """Writes one (example, target)'s PNGs; returns per attempt its files (workdir-relative).
+
+    Args:
+      original: (H, W, C) float image in [0, 1].
+      counterfactuals: (K, H, W, C) uint8 counterfactuals as written.
+      masks: (K, H, W, 1) edit masks in [0, 1] (None: none written).
+      write_original: False when another target of the same example wrote it already.
+    """
+    folder = example_folder(example_id)
+    os.makedirs(os.path.join(workdir, folder), exist_ok=True)
+    original_file = os.path.join(folder, "original.png")
+    if write_original:
+        image_io.write_png(os.path.join(workdir, original_file), original)
+    written = []
+    for a in range(counterfactuals.shape[0]):
+        stem = f"t{int(target)}_a{a}"
+        files = {"original": original_file, "counterfactual": os.path.join(folder, f"cf_{stem}.png")}
+        image_io.write_png(os.path.join(workdir, files["counterfactual"]), counterfactuals[a])
+        if heatmaps:
+            files["difference"] = os.path.join(folder, f"diff_{stem}.png")
+            image_io.write_png(os.path.join(workdir, files["difference"]), image_io.difference_heatmap(
+                original, counterfactuals[a].astype(np.float32) / 255.0))
+        if write_masks and masks is not None:
+            files["mask"] = os.path.join(folder, f"mask_{stem}.png")
+            image_io.write_png(os.path.join(workdir, files["mask"]), masks[a])
+        written.append(files)
+    return written

@@ -1,0 +1,53 @@
+"""``results.csv``: the manifest's main columns as a table a spreadsheet opens (no HTML needed).
+
+Written with every run beside ``manifest.jsonl`` (one row per record: image x target x
+attempt, skipped inputs included with their reason). Columns: :data:`COLUMNS`; the class
+names and the goal in words come from :mod:`sce_jax.record_names`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any, Mapping, Sequence
+
+from sce_jax import image_io
+
+RESULTS_CSV = "results.csv"
+COLUMNS = ("example_id", "source", "status", "reason", "label", "label_name", "prediction",
+           "prediction_name", "prob_prediction", "goal", "target", "target_kind", "target_name",
+           "attempt", "success", "prob_target_before", "prob_target_after", "prediction_after",
+           "prediction_after_name", "steps", "pixel_l1", "pixel_l2", "latent_l1", "latent_l2",
+           "changed_fraction", "counterfactual", "difference", "mask")
+FILE_COLUMNS = ("counterfactual", "difference", "mask")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def results_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per record with exactly :data:`COLUMNS` (missing values empty)."""
+    rows = []
+    for r in records:
+        files = r.get("files") or {}
+        row = {c: _cell(files.get(c) if c in FILE_COLUMNS else r.get(c)) for c in COLUMNS}
+        rows.append(row)
+    return rows
+
+
+def write_results_csv(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """Writes ``workdir/results.csv`` atomically; returns its path."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results_rows(records))
+    path = os.path.join(workdir, RESULTS_CSV)
+    with image_io.atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text.getvalue())
+    return path

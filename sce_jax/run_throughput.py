@@ -1,0 +1,58 @@
+"""Throughput figures of a run that may have been resumed or rerun.
+
+A rerun of a finished workdir does no work; its own figures (0 counterfactuals in a fraction
+of a second) must not replace those of the runs that did the work. :func:`carry_over` keeps,
+in ``summary.json``, one entry per invocation that explained something::
+
+    runs: [{"counterfactuals": n_i, "elapsed_seconds": t_i, "counterfactuals_per_second": n_i / t_i}, ...]
+
+and sets the run-level figures over all of them: ``elapsed_seconds = sum t_i`` and
+``counterfactuals_per_second = sum n_i / sum t_i`` (None when no invocation did any work).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+
+def _previous_runs(previous: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not previous:
+        return []
+    if isinstance(previous.get("runs"), list):
+        return [dict(r) for r in previous["runs"] if isinstance(r, Mapping)]
+    rate, elapsed = previous.get("counterfactuals_per_second"), previous.get("elapsed_seconds")
+    if rate and elapsed:  # a summary written before runs were listed: one run that did work
+        return [_entry(round(rate * elapsed), elapsed)]
+    return []
+
+
+def _entry(counterfactuals: int, elapsed: float) -> dict[str, Any]:
+    return {"counterfactuals": int(counterfactuals), "elapsed_seconds": float(elapsed),
+            "counterfactuals_per_second": counterfactuals / elapsed if elapsed > 0 else None}
+
+
+def read_summary(path: str) -> dict[str, Any] | None:
+    """The JSON object at ``path``, or None when there is none (or it is unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def carry_over(summary_path: str, summary: Mapping[str, Any], produced: int) -> dict[str, Any]:
+    """``summary`` with the throughput of every invocation that did work (see module doc).
+
+    ``summary_path`` is the workdir's previous ``summary.json`` (absent for a new run);
+    ``produced`` and ``summary["elapsed_seconds"]`` are this invocation's own figures.
+    """
+    runs = _previous_runs(read_summary(summary_path) if os.path.exists(summary_path) else None)
+    if produced > 0:
+        runs.append(_entry(produced, float(summary["elapsed_seconds"])))
+    total_cf = sum(r["counterfactuals"] for r in runs)
+    total_s = sum(r["elapsed_seconds"] for r in runs)
+    return {**summary, "runs": runs, "elapsed_seconds": total_s if runs else summary["elapsed_seconds"],
+            "counterfactuals_per_second": total_cf / total_s if total_s > 0 else None}
