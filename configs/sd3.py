@@ -5,7 +5,7 @@ transformer (MMDiT) as the search's prior, conditioned on precomputed prompt emb
     python scripts/encode_prompt.py --pipeline=/models/sd3 --out=embeddings/empty.npz
     # then (the argument: the pipeline folder, the embeddings, an orbax classifier checkpoint)
     python scripts/explain.py \
-        --config=configs/sd3.py:pipeline=/models/sd3,embeddings=embeddings/empty.npz,classifier=ckpt/clf \
+        --config=sd3:pipeline=/models/sd3,embeddings=embeddings/empty.npz,classifier=ckpt/clf \
         --config.data.source=/data/images --config.data.image_size=256,256 --workdir=runs/sd3
 
 The argument is ``key=value`` pairs separated by commas: ``pipeline`` (a diffusers SD3 /
@@ -37,7 +37,7 @@ def parse_argument(arg: str | None) -> dict[str, str]:
     missing = [k for k in REQUIRED if k not in values]
     if missing:
         raise ValueError(f"configs/sd3.py needs {missing} in its argument: "
-                         "--config=configs/sd3.py:pipeline=DIR,embeddings=FILE.npz,classifier=DIR")
+                         "--config=sd3:pipeline=DIR,embeddings=FILE.npz,classifier=DIR")
     return values
 
 
