@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import ml_collections
@@ -51,11 +52,60 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
     return dataclasses.replace(classifier, class_names=names)
 
 
+def _sd3_prior(path: str, dtype) -> Prior:
+    from sce_jax.models.sd3_transformer import SD3Transformer2DModel
+    from sce_jax.priors.sd3 import sd3_prior
+
+    return sd3_prior(SD3Transformer2DModel.from_pretrained(path, dtype=dtype, param_dtype=dtype))
+
+
+# prior.kind -> (diffusers folder / pipeline folder / cached repo id, compute dtype) -> Prior
+DIFFUSERS_PRIORS: dict[str, Callable[[str, Any], Prior]] = {"sd3": _sd3_prior}
+
+
 def load_prior(config: ml_collections.ConfigDict) -> Prior | None:
-    """From ``config.prior``: an orbax checkpoint of a velocity model, or None when unset."""
+    """From ``config.prior``: an orbax checkpoint of a velocity model, a diffusers transformer
+    of architecture ``prior.kind`` (``prior.diffusers``), or None when neither is set."""
     from sce_jax.models.latent_flow import LatentFlowTransformer
 
+    if config.diffusers:
+        return DIFFUSERS_PRIORS[config.kind](config.diffusers, DTYPES[config.dtype])
     if not config.checkpoint:
         return None
     model = load_model(config.checkpoint, expect=(LatentFlowTransformer,))
     return Prior.from_nnx(model)
+
+
+def load_prior_context(config: ml_collections.ConfigDict, prior: Prior | None) -> Any:
+    """The context ``prior`` is called with: ``prior.context``'s prompt embeddings, or None.
+
+    Raises:
+      ValueError: for a prior that needs a context when ``prior.context`` is empty, and every
+        problem of the file (:class:`~sce_jax.priors.prompt_embeddings.PromptEmbeddingsError`).
+    """
+    from sce_jax.priors.prompt_embeddings import load_prompt_embeddings
+
+    if prior is None:
+        return None
+    if config.context:
+        return load_prompt_embeddings(config.context)
+    if prior.needs_context:
+        raise ValueError(
+            f"prior.context is empty, but the {prior.name} prior needs prompt embeddings: write "
+            "them with scripts/encode_prompt.py --pipeline=<pipeline folder> --out=<file>.npz "
+            "and set --config.prior.context=<file>.npz")
+    return None
+
+
+def check_prior_inputs(prior: Prior, latent_shape: tuple[int, int, int], context: Any) -> None:
+    """Traces one velocity call on shapes only (no compute), so that latents or a context the
+    prior cannot take (embeddings of another model's width, a latent its position grid does not
+    cover) stop the run before any work, with the model's own message (ValueError)."""
+    import jax
+
+    z = jax.ShapeDtypeStruct((1,) + tuple(latent_shape), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    if context is not None:
+        context = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype),
+                               context)
+    jax.eval_shape(prior.velocity_fn, prior.params, z, t, context)

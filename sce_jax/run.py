@@ -64,7 +64,8 @@ from sce_jax.collectives import Collectives, PeerFailedError, differing_keys
 from sce_jax.distributed import DistributedSetupError
 from sce_jax.example_files import example_folder, write_example_files
 from sce_jax.explainer import Explainer, all_other_classes
-from sce_jax.loaders import load_classifier, load_generator, load_prior
+from sce_jax.loaders import (check_prior_inputs, load_classifier, load_generator, load_prior,
+                             load_prior_context)
 from sce_jax.progress import Progress, announce
 from sce_jax.record_names import named_fields
 from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
@@ -339,6 +340,7 @@ def _open_inputs(config: ml_collections.ConfigDict):
     generator = load_generator(config.generator)
     classifier = load_classifier(config.classifier)
     prior = load_prior(config.prior) if config.search.prior.enabled else None
+    context = load_prior_context(config.prior, prior)
     if config.targets.kind in ("class", "flip") and config.targets.class_index >= 0:
         classifier.check_target(config.targets.class_index)
     dataset = data_lib.open_dataset(
@@ -348,9 +350,11 @@ def _open_inputs(config: ml_collections.ConfigDict):
         limit=int(config.data.limit) or None,
         num_classes=classifier.num_outputs if classifier.head == "multiclass" else None,
         class_names=classifier.class_names)
-    generator.latent_shape(tuple(config.data.image_size))  # a size that does not fit: now
+    latent_shape = generator.latent_shape(tuple(config.data.image_size))  # not fitting: now
     _check_channels(config, generator, classifier)
-    return generator, classifier, prior, dataset
+    if prior is not None:
+        check_prior_inputs(prior, latent_shape, context)
+    return generator, classifier, prior, context, dataset
 
 
 def _model_name(section: ml_collections.ConfigDict, model) -> str:
@@ -392,11 +396,13 @@ def _batch_rows(config, dataset: data_lib.Dataset, process_count: int) -> int:
     return rows
 
 
-def _check_search_memory(config, explainer: Explainer, kind: str, rows: int) -> None:
+def _check_search_memory(config, explainer: Explainer, kind: str, rows: int,
+                         context: Any = None) -> None:
     """Compiles the search for the run's batch shape and refuses it if it cannot fit in memory.
 
     The first batch reuses this compilation. ``rows`` per process; ``all_others`` searches
-    every other class of each image at once (``rows * (classes - 1)`` searches).
+    every other class of each image at once (``rows * (classes - 1)`` searches). ``context``:
+    the prior's conditioning (one row, given to every image), part of the batch's shapes.
     """
     size, channels = tuple(int(v) for v in config.data.image_size), int(config.data.channels)
     if config.targets.kind == "all_others":
@@ -411,7 +417,9 @@ def _check_search_memory(config, explainer: Explainer, kind: str, rows: int) -> 
 
     batch = SearchBatch(images=spec(size + (channels,), jnp.float32), targets=spec((), jnp.int32),
                         example_ids=spec((), jnp.int32), regions=spec(size + (1,), jnp.float32),
-                        valid=spec((), jnp.bool_))
+                        valid=spec((), jnp.bool_),
+                        context=None if context is None else jax.tree.map(
+                            lambda a: spec(tuple(a.shape[1:]), a.dtype), context))
     compiled = explainer.compile(batch, kind=kind)
     memory_check.check_fits(
         memory_check.compiled_bytes(compiled), max_memory_gb=float(config.max_memory_gb),
@@ -462,7 +470,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
 
     def check_inputs():  # read-only: every process checks, none writes
         try:
-            generator, classifier, prior, dataset = _open_inputs(config)
+            generator, classifier, prior, context, dataset = _open_inputs(config)
         except (RunConfigError, SearchConfigError):
             raise
         except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
@@ -471,9 +479,9 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         if records:
             _check_resume_config(current, workdir)
             run_inputs.check_unchanged(workdir, dataset.source, dataset.sources, records)
-        return generator, classifier, prior, dataset, bool(records)
+        return generator, classifier, prior, context, dataset, bool(records)
 
-    generator, classifier, prior, dataset, resumed = peers.together(
+    generator, classifier, prior, context, dataset, resumed = peers.together(
         "the checks of the inputs", check_inputs, USER_ERRORS)
     peers.agree("input set", f"{dataset.num_examples} {run_inputs.digest(dataset.sources)}",
                 lambda a, b: f"it sees {b.split()[0]} inputs or another list, process 0 sees "
@@ -500,7 +508,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     if num_batches:  # compiles the search now: too large a search stops before any work
         announce(f"compiling the search for batches of {batch_size} ...")
         peers.together("the memory check", lambda: _check_search_memory(
-            config, explainer, kind, batch_size), USER_ERRORS)
+            config, explainer, kind, batch_size, context), USER_ERRORS)
     remaining = dataset.shard_ids(process_index, process_count, done)
     todo = int(remaining.size)
     per_image = (classifier.num_outputs - 1 if config.targets.kind == "all_others" else 1) * settings.attempts
@@ -522,7 +530,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
                 process_count=process_count, pad_to_num_batches=num_batches)):
             try:
                 records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind,
-                                         writer)
+                                         writer, context)
             except Exception as e:  # noqa: BLE001 - only a failed exchange between processes
                 if process_count > 1 and _is_collective_failure(e):
                     raise peers.lost(f"batch {index + 1}", e) from None
@@ -571,8 +579,9 @@ def _is_collective_failure(error: Exception) -> bool:
 
 
 def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
-                   writer: _Writer) -> list[dict[str, Any]]:
-    """Searches one data batch and writes its images; returns its manifest records."""
+                   writer: _Writer, context: Any = None) -> list[dict[str, Any]]:
+    """Searches one data batch and writes its images; returns its manifest records
+    (``context``: the prior's conditioning, one row for every image)."""
     labels_by_id = dict(zip(np.asarray(batch.example_ids).tolist(), np.asarray(batch.labels).tolist()))
     records = [_skip_record(s, _label(labels_by_id.get(int(s.example_id), -1))) for s in batch.skipped]
     valid = np.asarray(batch.valid, bool)
@@ -602,7 +611,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         targets = np.full(images.shape[0], -1, np.int32)
     batch_arrays, size = explainer.prepare_batch(
         images[rows], targets, kind=kind, example_ids=ids[rows], regions=regions[rows],
-        valid=valid[rows])
+        valid=valid[rows], context=context)
     result = explainer.explain_arrays(batch_arrays, kind=kind)
     result = jax.tree.map(lambda a: parallel.local_rows(a)[:size], result)
 

@@ -48,7 +48,12 @@ def base_run_config() -> ml_collections.ConfigDict:
     c.prior = ml_collections.ConfigDict()
     c.prior.checkpoint = ""       # orbax checkpoint of a velocity model (the demos' latent_flow
                                   # priors); used when search.prior.enabled
+    c.prior.diffusers = ""        # or: a diffusers transformer folder / pipeline folder (its
+                                  # transformer/) / cached repo id, of architecture prior.kind
+    c.prior.kind = "sd3"          # with diffusers: one of sce_jax.loaders.DIFFUSERS_PRIORS
+    c.prior.dtype = "float32"     # with diffusers: compute and weight dtype, float32 or bfloat16
     c.prior.context = ""          # .npz of precomputed conditioning (prompt embeddings), if needed
+                                  # (SD3: scripts/encode_prompt.py)
 
     c.targets = ml_collections.ConfigDict()
     c.targets.kind = "other"      # "other": leave the predicted class; "class": reach class_index;
@@ -92,9 +97,17 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
         problems.append("classifier.checkpoint is empty")
     if config.classifier.head not in ("multiclass", "multilabel"):
         problems.append(f"classifier.head={config.classifier.head!r}: must be multiclass or multilabel")
-    if config.search.prior.enabled and not config.prior.checkpoint:
-        problems.append("search.prior.enabled needs a prior: set prior.checkpoint "
-                        "(or --config.search.prior.enabled=False)")
+    if config.search.prior.enabled and not (config.prior.checkpoint or config.prior.diffusers):
+        problems.append("search.prior.enabled needs a prior: set prior.checkpoint or "
+                        "prior.diffusers (or --config.search.prior.enabled=False)")
+    if config.prior.checkpoint and config.prior.diffusers:
+        problems.append("prior: set only one of prior.checkpoint and prior.diffusers")
+    from sce_jax.loaders import DIFFUSERS_PRIORS
+    if config.prior.kind not in DIFFUSERS_PRIORS:
+        problems.append(f"prior.kind={config.prior.kind!r}: must be one of "
+                        f"{sorted(DIFFUSERS_PRIORS)}")
+    if config.prior.dtype not in ("float32", "bfloat16"):
+        problems.append(f"prior.dtype={config.prior.dtype!r}: must be float32 or bfloat16")
     if config.targets.kind not in TARGET_KINDS:
         problems.append(f"targets.kind={config.targets.kind!r}: must be one of {TARGET_KINDS}")
     if (config.targets.kind == "class" and config.targets.class_index < 0

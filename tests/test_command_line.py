@@ -45,7 +45,7 @@ def test_config_file_errors_are_one_line_exit_2(tmp_path, broken_configs):
     cases = [
         (["--config=configs/nope.py"],
          r"config file 'configs/nope.py' does not exist; give a path or the name of a shipped "
-         r"config \(ablation, fashion_mnist, squares\)"),
+         r"config \(ablation, fashion_mnist, sd3, squares\)"),
         (["--config=configs/fashion_mnist.py:tinyy"],
          r"fashion_mnist.py with argument 'tinyy': unknown config argument 'tinyy'; use nothing or "
          r"'tiny' \(line \d+\)"),

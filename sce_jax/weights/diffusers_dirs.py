@@ -4,7 +4,7 @@ A diffusers *model folder* holds ``config.json`` (with ``_class_name``) and the 
 ``diffusion_pytorch_model.safetensors`` (or ``.bin``; or a variant such as
 ``diffusion_pytorch_model.fp16.safetensors``; or shards listed in
 ``diffusion_pytorch_model.safetensors.index.json``). A *pipeline folder* holds one model folder
-per component; the autoencoder is its ``vae/``.
+per component; the autoencoder is its ``vae/``, the SD3 / FLUX transformer its ``transformer/``.
 
 :func:`resolve_model_dir` accepts a model folder, a pipeline folder, or a Hugging Face repo id,
 which is looked up in the local Hugging Face cache **only** -- nothing is ever downloaded. The
@@ -43,6 +43,10 @@ PIPELINE_INDEX = "model_index.json"
 # The diffusers release whose config.json layout save_pretrained_diffusers writes (and whose
 # PyTorch classes the ports are checked against).
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
+# The pipeline folder that holds a model of each ported class (named in error hints).
+PIPELINE_COMPONENTS = {"AutoencoderKL": "vae", "AutoencoderTiny": "vae",
+                       "SD3Transformer2DModel": "transformer",
+                       "FluxTransformer2DModel": "transformer"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -168,13 +172,14 @@ def read_model_config(model_dir: str, *, class_name: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise DiffusersDirError(f"{path}: expected a JSON object, found {type(config).__name__}")
     found = config.get("_class_name")
+    component = PIPELINE_COMPONENTS.get(class_name, "vae")
     if found is not None and found != class_name:
         hint = ""
         if found in ("AutoencoderKL", "AutoencoderTiny"):
             module = "autoencoder_kl" if found == "AutoencoderKL" else "autoencoder_tiny"
             hint = f"; load it with sce_jax.models.{module}.{found}"
-        elif os.path.basename(os.path.normpath(model_dir)) != "vae":
-            hint = "; for a pipeline, point to the pipeline folder or its vae/ folder"
+        elif os.path.basename(os.path.normpath(model_dir)) != component:
+            hint = f"; for a pipeline, point to the pipeline folder or its {component}/ folder"
         raise DiffusersDirError(
             f"{path}: describes a model of class {found} (its _class_name), not {class_name}{hint}")
     return config
