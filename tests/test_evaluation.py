@@ -377,10 +377,17 @@ INTENDED = {
     "no_mask": {"search.mask.enabled": False},
     "no_lock": {"search.lock": False},
     "single_attempt": {"search.attempts": 1},
+    "no_prior": {"search.prior.enabled": False},
+    "prior_weak": {"search.prior.strength": 0.15},
+    "prior_strong": {"search.prior.strength": 0.5},
+    "goal_0.5": {"search.goal_probability": 0.5},
+    "goal_0.75": {"search.goal_probability": 0.75},
+    "no_fill": {"search.mask.fill_holes": False},
+    "keep_spots": {"search.reject_background_spots": False},
 }
 
 
-@pytest.mark.parametrize("suffix", ["", ",tiny"])
+@pytest.mark.parametrize("suffix", ["", ",tiny", ",squares", ",squares,tiny"])
 def test_each_ablation_differs_from_full_in_exactly_its_key(suffix):
     ablation = _ablation()
     full = _flat(ablation.get_config("full" + suffix))

@@ -156,8 +156,8 @@ def attempt_quality(produced: Sequence[Mapping], valid: np.ndarray,
     - ``no_second_reason_rate``: share of later attempts the search reported as having found
       no second reason (it rejected a spot).
     """
-    attempt = np.asarray([int(r.get("attempt", 0)) for r in produced])
-    near = np.asarray([bool(r.get("near_boundary", False)) for r in produced])
+    attempt = np.asarray([int(r.get("attempt", 0)) for r in produced], np.int64)
+    near = np.asarray([bool(r.get("near_boundary", False)) for r in produced], bool)
     later = attempt > 0
     first_far = (attempt == 0) & ~near
 
@@ -168,7 +168,7 @@ def attempt_quality(produced: Sequence[Mapping], valid: np.ndarray,
     out = {"near_boundary_images": float(np.mean(list(images.values()))) if images else None,
            "found_rate_first_attempt": mean(valid, first_far),
            "no_second_reason_rate": mean(np.asarray([bool(r.get("no_second_reason", False))
-                                                     for r in produced]), later)}
+                                                     for r in produced], bool), later)}
     if "background_share" in per_row:
         out["later_background_share"] = mean(per_row["background_share"], later & valid)
         out["later_spot_rate"] = mean(per_row["background_spot"].astype(float), later & valid)

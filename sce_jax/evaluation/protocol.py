@@ -24,8 +24,9 @@ What the numbers are (the table's columns):
 - FID/KID: penultimate features of the run's classifier, originals (one per explained image)
   against valid counterfactuals; comparable between runs with the same classifier only, and
   strongly biased for small sets (tens of images): compare runs, not published numbers;
-- ``non_adversarial_rate``: share of valid counterfactuals the surrogate classifier also
-  judges valid (None without a surrogate);
+- ``non_adversarial_rate``: share of valid counterfactuals on which the surrogate classifier's
+  decision is also the target decision (its decision only, whatever the run's goal
+  probability; None without a surrogate);
 - ground truth (squares-style data only): see :mod:`~sce_jax.evaluation.factors`.
 """
 
@@ -140,14 +141,17 @@ def _latents(run: RunOutputs, first: np.ndarray, options: EvaluationOptions,
             "E(x') vs E(x) of the written images")
 
 
-def _surrogate_flips(run, targets, values, kinds, goal, options, networks):
-    """``(flips (N,) bool or None, surrogate path or None)``."""
+def _surrogate_flips(run, targets, values, kinds, options, networks):
+    """``(flips (N,) bool or None, surrogate path or None)``: whether the surrogate's decision
+    is the target decision on each counterfactual. Its decision only, not the run's goal
+    probability: the question is whether another model sees the same change of meaning, and
+    a weaker surrogate is rarely as confident as the classifier the search optimised."""
     path = models.resolve_surrogate(options.surrogate, run.config)
     if path is None:
         return None, None
     logits = networks.function(networks.surrogate(path, run.config, run.workdir), "logits")
     return desiderata.target_reached(logits(run.counterfactuals), targets, values, kinds,
-                                     goal_probability=goal), path
+                                     goal_probability=0.0), path
 
 
 def _judge(run: RunOutputs, first: np.ndarray, options: EvaluationOptions,
@@ -164,7 +168,7 @@ def _judge(run: RunOutputs, first: np.ndarray, options: EvaluationOptions,
         valid = desiderata.target_reached(logits(run.counterfactuals), targets, values, kinds,
                                           goal_probability=goal)
         valid &= ~np.asarray([bool(r.get("nonfinite")) for r in produced])
-        flips, path = _surrogate_flips(run, targets, values, kinds, goal, options, networks)
+        flips, path = _surrogate_flips(run, targets, values, kinds, options, networks)
     except ValueError as e:  # targets the classifier does not have: another run's config
         raise EvaluationError(f"{run.workdir}: the manifest's targets do not fit the run's "
                               f"classifier ({e})") from e
