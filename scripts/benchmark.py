@@ -98,6 +98,7 @@ FLAGS = flags.FLAGS
 
 MB = 2.0 ** -20
 UNREACHABLE_GOAL = 2.0  # probability >= 2 never happens: every example runs every step
+                       # (set on the validated settings: a config refuses goals above 1)
 DEMO_DIR = os.path.join(ROOT, "sce_jax", "assets", "fashion_mnist")
 
 
@@ -404,9 +405,14 @@ def search_config(setting, steps: int):
     c = sce_jax.default_search_config()
     c.steps = steps
     c.attempts = TIMED_ATTEMPTS
-    c.goal_probability = UNREACHABLE_GOAL
     c.smoothing.update(setting.search_overrides()["smoothing"])
     return c
+
+
+def search_settings(config):
+    """The validated settings of a benchmark config, with success made impossible."""
+    from sce_jax.search.config import settings_from_config
+    return dataclasses.replace(settings_from_config(config), goal_probability=UNREACHABLE_GOAL)
 
 
 def _summarise(first: float, calls: list[float], step_times: list[float], steps: int, setting,
@@ -437,8 +443,8 @@ def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=No
     config = search_config(setting, steps)
     config.progress_every = 1
     config.prior.enabled = prior is not None
-    explainer = Explainer(generator or pair.jax_generator, pair.jax_classifier, config,
-                          progress=progress, prior=prior)
+    explainer = Explainer(generator or pair.jax_generator, pair.jax_classifier,
+                          search_settings(config), progress=progress, prior=prior)
     batch, _ = explainer.prepare_batch(pair.images, pair.targets, kind=pair.kind)
 
     def call() -> float:
@@ -472,10 +478,9 @@ def measure_torch(pair: ModelPair, setting, steps: int, repeats: int, generator=
     """Times the PyTorch search: whole calls, and each step inside its Python loop (with
     ``pair.torch_generator`` unless ``generator``)."""
     from benchmarks.torch_search import explain_batch_torch
-    from sce_jax.search.config import settings_from_config
 
     device = _torch_device()
-    settings = settings_from_config(search_config(setting, steps))
+    settings = search_settings(search_config(setting, steps))
     step_times: list[float] = []
 
     def call(record: bool) -> float:
@@ -530,12 +535,11 @@ def _step_inputs(pair: ModelPair, concrete: bool):
 
 def step_flops(pair: ModelPair, setting) -> float | None:
     """FLOPs of one search step (smoothed gradient, all N samples in one pass) per XLA."""
-    from sce_jax.search.config import settings_from_config
 
     config = search_config(setting, 1)
     config.smoothing.chunk_size = 0  # the cost analysis counts a loop body once: no loop
     z, inputs = _step_inputs(pair, concrete=False)
-    step = _jax_step(pair, settings_from_config(config))
+    step = _jax_step(pair, search_settings(config))
     lowered = step.lower(pair.jax_generator.params, pair.jax_classifier.params, z, inputs)
     cost = lowered.compile().cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -577,7 +581,6 @@ def breakdown_jax(pair: ModelPair, setting, repeats: int) -> dict:
     """Where an sce_jax step's time goes: its parts jitted alone, the step alone, and how
     XLA compiled the convolutions of the whole search (inside its ``while`` loop)."""
     from sce_jax import Explainer
-    from sce_jax.search.config import settings_from_config
 
     gen, clf = pair.jax_generator, pair.jax_classifier
     dec_batch, clf_batch = _pass_sizes(setting)
@@ -588,7 +591,7 @@ def breakdown_jax(pair: ModelPair, setting, repeats: int) -> dict:
     decode_vjp = jax.jit(lambda p, z_: jax.vjp(lambda l: gen.decode_fn(p, l), z_)[1](
         jnp.ones_like(gen.decode_fn(p, z_)))[0])
     clf_grad = jax.jit(lambda p, x_: jax.grad(lambda i: jnp.sum(clf.logits_fn(p, i)[:, 0]))(x_))
-    settings = settings_from_config(search_config(setting, 1))
+    settings = search_settings(search_config(setting, 1))
     step = _jax_step(pair, settings)
     ready = jax.block_until_ready
     out = {
@@ -601,9 +604,9 @@ def breakdown_jax(pair: ModelPair, setting, repeats: int) -> dict:
         "decoder_images": dec_batch, "classifier_images": clf_batch,
     }
     if jax.default_backend() == "cpu":
-        explainer = Explainer(gen, clf, search_config(setting, 2))
+        explainer = Explainer(gen, clf, search_settings(search_config(setting, 2)))
         batch, _ = explainer.prepare_batch(pair.images, pair.targets, kind=pair.kind)
-        search = explainer.compiled(pair.kind).lower(gen.params, clf.params, batch)
+        search = explainer.compiled(pair.kind).lower(explainer.search_params, batch)
         search_hlo = search.compile().as_text()
         step_hlo = step.lower(gen.params, clf.params, z0, inputs).compile().as_text()
         out["search_convolutions"], out["search_loop_nest_convolutions"] = \

@@ -378,8 +378,8 @@ INTENDED = {
     "no_lock": {"search.lock": False},
     "single_attempt": {"search.attempts": 1},
     "no_prior": {"search.prior.enabled": False},
-    "prior_weak": {"search.prior.strength": 0.15},
-    "prior_strong": {"search.prior.strength": 0.5},
+    "prior_weak": {"search.prior.strength": "half"},
+    "prior_strong": {"search.prior.strength": "+0.2"},
     "goal_0.5": {"search.goal_probability": 0.5},
     "goal_0.75": {"search.goal_probability": 0.75},
     "no_fill": {"search.mask.fill_holes": False},
@@ -397,7 +397,10 @@ def test_each_ablation_differs_from_full_in_exactly_its_key(suffix):
         settings_from_config(config.search)  # a valid search config
         flat = _flat(config)
         differs = {k: flat[k] for k in flat if flat[k] != full.get(k)}
-        assert differs == changes, variant
+        strength = full["search.prior.strength"]
+        relative = {"half": round(strength / 2, 4), "+0.2": round(min(1.0, strength + 0.2), 4)}
+        assert differs == {k: relative.get(v, v) if isinstance(v, str) else v
+                           for k, v in changes.items()}, variant
         assert set(flat) == set(full)
         assert ablation.CHANGED_KEYS[variant] == next(iter(changes))
 
