@@ -696,9 +696,10 @@ def measure_setting(setting, impls: tuple[str, ...], steps: int, repeats: int,
                 record[impl] = {"skipped": "the prior is timed on the shipped demo only"}
                 continue
             from sce_jax.loaders import load_prior
-            import ml_collections
-            prior = load_prior(ml_collections.ConfigDict({"checkpoint": os.path.join(DEMO_DIR, "prior"),
-                                                          "context": ""}))
+            from sce_jax.run_config import base_run_config
+            prior_config = base_run_config().prior
+            prior_config.checkpoint = os.path.join(DEMO_DIR, "prior")
+            prior = load_prior(prior_config)
             record[impl] = measure_jax(pair, setting, steps, repeats, prior=prior)
         elif impl == "torch_bf16":
             record[impl] = measure_torch(pair, setting, steps, repeats,
