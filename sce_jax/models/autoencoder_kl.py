@@ -23,7 +23,6 @@ pipeline folder with ``vae/``, or a repo id in the local Hugging Face cache; nev
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from typing import Any
 
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.models.diffusers_component import DiffusersComponent
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.vae_blocks import (ACTIVATIONS, DownEncoderBlock2D, LayerFactory,
                                        UNetMidBlock2D, UpDecoderBlock2D)
@@ -256,7 +256,7 @@ def legacy_key_rename(key: str) -> str:
     return f"{m.group(1)}.{_LEGACY_NAMES[m.group(2)]}.{m.group(3)}"
 
 
-class AutoencoderKL(nnx.Module):
+class AutoencoderKL(DiffusersComponent, nnx.Module):
     """diffusers ``AutoencoderKL`` in Flax NNX; images and latents NHWC.
 
     Args:
@@ -268,6 +268,7 @@ class AutoencoderKL(nnx.Module):
 
     config_class = AutoencoderKLConfig
     diffusers_class_name = "AutoencoderKL"
+    key_rename = staticmethod(legacy_key_rename)  # old attention tensor names
 
     def __init__(self, config: AutoencoderKLConfig, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32):
@@ -311,32 +312,3 @@ class AutoencoderKL(nnx.Module):
         else:
             z = posterior.mode()
         return self.decode(z)
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32, subfolder: str | None = None,
-                        revision: str = "main", variant: str | None = None) -> "AutoencoderKL":
-        """Loads a diffusers ``AutoencoderKL`` from local disk; strict.
-
-        Args:
-          path_or_repo_id: a diffusers model folder (``config.json`` + weights), a pipeline
-            folder (its ``vae/`` is used), or a repo id resolved in the local Hugging Face
-            cache only (see :mod:`sce_jax.weights.diffusers_dirs`).
-          dtype / param_dtype: compute and parameter dtypes.
-          subfolder: the component folder, when not the folder itself or ``vae/``.
-          revision: for repo ids, the ref or commit in the cache.
-          variant: a weights variant such as ``"fp16"`` (by default the plain weights, else the
-            only variant present).
-
-        Raises:
-          DiffusersDirError, ConfigError, WeightMismatchError, WeightFileError.
-        """
-        from sce_jax.weights.diffusers_dirs import load_diffusers_model
-        return load_diffusers_model(cls, path_or_repo_id, class_name=cls.diffusers_class_name,
-                                    dtype=dtype, param_dtype=param_dtype, subfolder=subfolder,
-                                    revision=revision, variant=variant, rename=legacy_key_rename)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> str:
-        """Writes a diffusers model folder that ``diffusers.AutoencoderKL`` loads."""
-        from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
-        return save_pretrained_diffusers(self, directory)

@@ -24,7 +24,6 @@ state dict loads by layer type without renames.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ from flax import nnx
 
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.vae_blocks import ACTIVATIONS, Activation, LayerFactory, upsample_nearest
+from sce_jax.models.diffusers_component import DiffusersComponent
 
 Array = jax.Array
 
@@ -197,7 +197,7 @@ class DecoderTiny(nnx.Module):
         return x
 
 
-class AutoencoderTiny(nnx.Module):
+class AutoencoderTiny(DiffusersComponent, nnx.Module):
     """diffusers ``AutoencoderTiny`` (TAESD) in Flax NNX; images and latents NHWC.
 
     Args:
@@ -248,22 +248,3 @@ class AutoencoderTiny(nnx.Module):
         """diffusers' forward: encode, quantise the latents to 8 bits, decode."""
         packed = jnp.round(self.scale_latents(self.encode(images)) * 255.0)
         return self.decode(self.unscale_latents(packed / 255.0))
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32, subfolder: str | None = None,
-                        revision: str = "main", variant: str | None = None) -> "AutoencoderTiny":
-        """Loads a diffusers ``AutoencoderTiny`` (e.g. ``madebyollin/taesd``) from local disk.
-
-        Same arguments and errors as :meth:`AutoencoderKL.from_pretrained
-        <sce_jax.models.autoencoder_kl.AutoencoderKL.from_pretrained>`.
-        """
-        from sce_jax.weights.diffusers_dirs import load_diffusers_model
-        return load_diffusers_model(cls, path_or_repo_id, class_name=cls.diffusers_class_name,
-                                    dtype=dtype, param_dtype=param_dtype, subfolder=subfolder,
-                                    revision=revision, variant=variant)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> str:
-        """Writes a diffusers model folder that ``diffusers.AutoencoderTiny`` loads."""
-        from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
-        return save_pretrained_diffusers(self, directory)

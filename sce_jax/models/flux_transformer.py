@@ -27,7 +27,6 @@ search's :class:`~sce_jax.prior.Prior`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -41,6 +40,7 @@ from sce_jax.models.flux_layers import (AdaLayerNormContinuous, AdaLayerNormZero
                                         rope_tables)
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.vae_blocks import LayerFactory
+from sce_jax.models.diffusers_component import DiffusersComponent
 
 Array = jax.Array
 TIME_SCALE = 1000.0   # diffusers multiplies timestep and guidance by 1000 inside forward()
@@ -169,7 +169,7 @@ class FluxSingleTransformerBlock(nnx.Module):
         return h[:, :n_context], h[:, n_context:]
 
 
-class FluxTransformer2DModel(nnx.Module):
+class FluxTransformer2DModel(DiffusersComponent, nnx.Module):
     """diffusers ``FluxTransformer2DModel`` in Flax NNX (inference).
 
     Args:
@@ -181,6 +181,7 @@ class FluxTransformer2DModel(nnx.Module):
     """
 
     config_class = FluxTransformer2DModelConfig
+    pipeline_subfolder = "transformer"
     diffusers_class_name = "FluxTransformer2DModel"
 
     def __init__(self, config: FluxTransformer2DModelConfig, *, rngs: nnx.Rngs,
@@ -269,34 +270,4 @@ class FluxTransformer2DModel(nnx.Module):
         for block in self.single_transformer_blocks:
             c, x = block(x, c, temb, rope)
         return self.proj_out(self.norm_out(x, temb))
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32, subfolder: str | None = None,
-                        revision: str = "main", variant: str | None = None) -> "FluxTransformer2DModel":
-        """Loads a diffusers ``FluxTransformer2DModel`` from local disk; strict.
-
-        Args:
-          path_or_repo_id: a diffusers model folder (``config.json`` + weights, sharded
-            safetensors with their index included), a pipeline folder (its ``transformer/`` is
-            used), or a repo id in the local Hugging Face cache only.
-          dtype / param_dtype: compute and parameter dtypes (``param_dtype=jnp.bfloat16``
-            halves the memory of a real checkpoint).
-          subfolder: the component folder, when not the folder itself or ``transformer/``.
-          revision: for repo ids, the ref or commit in the cache.
-          variant: a weights variant such as ``"fp16"``.
-
-        Raises:
-          DiffusersDirError, ConfigError, WeightMismatchError, WeightFileError.
-        """
-        from sce_jax.weights.diffusers_dirs import load_diffusers_model
-        return load_diffusers_model(cls, path_or_repo_id, class_name=cls.diffusers_class_name,
-                                    dtype=dtype, param_dtype=param_dtype, subfolder=subfolder,
-                                    default_subfolder="transformer", revision=revision,
-                                    variant=variant)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> str:
-        """Writes a diffusers model folder that ``diffusers.FluxTransformer2DModel`` loads."""
-        from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
-        return save_pretrained_diffusers(self, directory)
 

@@ -41,7 +41,6 @@ never the network). Wrap it as the search's prior with :func:`sce_jax.priors.sd3
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -55,6 +54,7 @@ from sce_jax.models.flux_layers import (NORM_EPS, AdaLayerNormContinuous, AdaLay
                                         FluxLayerFactory, RMSNorm, layer_norm)
 from sce_jax.models.model_config import ConfigError
 from sce_jax.models.vae_blocks import LayerFactory
+from sce_jax.models.diffusers_component import DiffusersComponent
 
 Array = jax.Array
 
@@ -314,7 +314,7 @@ class JointTransformerBlock(nnx.Module):
         return c, x
 
 
-class SD3Transformer2DModel(nnx.Module):
+class SD3Transformer2DModel(DiffusersComponent, nnx.Module):
     """diffusers ``SD3Transformer2DModel`` in Flax NNX; latents NHWC.
 
     Args:
@@ -328,6 +328,7 @@ class SD3Transformer2DModel(nnx.Module):
 
     config_class = SD3TransformerConfig
     diffusers_class_name = "SD3Transformer2DModel"
+    pipeline_subfolder = "transformer"
 
     def __init__(self, config: SD3TransformerConfig, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32):
@@ -390,34 +391,3 @@ class SD3Transformer2DModel(nnx.Module):
             problems.append(f"timestep: expected ({b},), got {tuple(timestep.shape)}")
         if problems:
             raise ValueError("SD3Transformer2DModel: " + "; ".join(problems))
-
-    @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, dtype: Any = jnp.float32,
-                        param_dtype: Any = jnp.float32, subfolder: str | None = None,
-                        revision: str = "main",
-                        variant: str | None = None) -> "SD3Transformer2DModel":
-        """Loads a diffusers ``SD3Transformer2DModel`` from local disk; strict.
-
-        Args:
-          path_or_repo_id: a diffusers model folder (``config.json`` + weights, single or
-            sharded with ``diffusion_pytorch_model.safetensors.index.json``), a pipeline folder
-            (its ``transformer/`` is used), or a repo id resolved in the local Hugging Face
-            cache only (see :mod:`sce_jax.weights.diffusers_dirs`).
-          dtype / param_dtype: compute and parameter dtypes.
-          subfolder: the component folder, when not the folder itself or ``transformer/``.
-          revision: for repo ids, the ref or commit in the cache.
-          variant: a weights variant such as ``"fp16"``.
-
-        Raises:
-          DiffusersDirError, ConfigError, WeightMismatchError, WeightFileError.
-        """
-        from sce_jax.weights.diffusers_dirs import load_diffusers_model
-        return load_diffusers_model(cls, path_or_repo_id, class_name=cls.diffusers_class_name,
-                                    dtype=dtype, param_dtype=param_dtype, subfolder=subfolder,
-                                    default_subfolder="transformer", revision=revision,
-                                    variant=variant)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> str:
-        """Writes a diffusers model folder that ``diffusers.SD3Transformer2DModel`` loads."""
-        from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
-        return save_pretrained_diffusers(self, directory)
