@@ -8,21 +8,13 @@ each image's square box and background class, so a counterfactual can be checked
 factor it changed (sce_jax.metrics.ground_truth). Models: sce_jax/assets/squares/.
 """
 
-from sce_jax.assets import asset_path
 from sce_jax.datasets.squares import CLASS_NAMES
-from sce_jax.run_config import base_run_config
+from sce_jax.run_config import shipped_demo_config
 
 
 def get_config(arg: str | None = None):
-    c = base_run_config()
-    c.data.source = asset_path("squares", "test_set.npz", must_exist=False)
-    c.data.image_size = (64, 64)
-    c.data.channels = 3
-    c.generator.checkpoint = asset_path("squares", "autoencoder", must_exist=False)
-    c.classifier.checkpoint = asset_path("squares", "classifier", must_exist=False)
-    # The demo's latent flow-matching prior keeps edits on the autoencoder's image manifold.
-    c.prior.checkpoint = asset_path("squares", "prior", must_exist=False)
-    c.search.prior.enabled = True
+    c = shipped_demo_config("squares", "test_set.npz", image_size=(64, 64), channels=3,
+                            class_names=CLASS_NAMES, batch_size=8, arg=arg)
     # Adam, not SGD: on 8 test images, red -> green reached p >= 0.9 on 4 of 4 squares with
     # Adam (lr 0.05) and on 0 of 4 with SGD + momentum (the default), whose steps stall on this
     # very confident classifier (WORKSPACE.md, "Tuning the defaults").
@@ -30,14 +22,4 @@ def get_config(arg: str | None = None):
     # The prior stays at the default strength 0.3: 0.5 scores higher on the ground truth (92%
     # of the flips change the square most, 0.3: 84%) but mottles the recoloured squares
     # (README, "Explanation quality": the squares table and figure).
-    c.classifier.class_names = tuple(CLASS_NAMES)
-    c.targets.kind = "other"
-    c.batch_size = 8
-    if arg == "tiny":
-        c.data.limit = 4
-        c.batch_size = 2
-        c.search.steps = 5
-        c.search.smoothing.num_samples = 2
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown config argument {arg!r}; use nothing or 'tiny'")
     return c

@@ -157,3 +157,32 @@ def resolve_target_class(config: ml_collections.ConfigDict) -> ml_collections.Co
     resolved.targets.class_index = index
     resolved.targets.class_name = ""
     return resolved
+
+
+def shipped_demo_config(demo: str, data_file: str, *, image_size: tuple[int, int], channels: int,
+                        class_names, batch_size: int, arg: str | None = None):
+    """The run config of a shipped demo (``configs/<demo>.py``): its data, models and prior
+    from ``sce_jax/assets/<demo>/``, leave-the-prediction targets; ``arg="tiny"`` shrinks it to
+    a seconds-long check (4 images, 5 steps, 2 noise samples)."""
+    from sce_jax.assets import asset_path
+
+    c = base_run_config()
+    c.data.source = asset_path(demo, data_file, must_exist=False)
+    c.data.image_size = tuple(image_size)
+    c.data.channels = channels
+    c.generator.checkpoint = asset_path(demo, "autoencoder", must_exist=False)
+    c.classifier.checkpoint = asset_path(demo, "classifier", must_exist=False)
+    c.classifier.class_names = tuple(class_names)
+    # The demo's latent flow-matching prior keeps edits on the autoencoder's image manifold.
+    c.prior.checkpoint = asset_path(demo, "prior", must_exist=False)
+    c.search.prior.enabled = True
+    c.targets.kind = "other"
+    c.batch_size = batch_size
+    if arg == "tiny":
+        c.data.limit = 4
+        c.batch_size = 2
+        c.search.steps = 5
+        c.search.smoothing.num_samples = 2
+    elif arg not in (None, ""):
+        raise ValueError(f"unknown config argument {arg!r}; use nothing or 'tiny'")
+    return c
