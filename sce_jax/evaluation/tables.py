@@ -38,6 +38,11 @@ COLUMNS = (
     ("fid", "FID (clf features)", "number"),
     ("kid", "KID (clf features)", "number"),
     ("non_adversarial_rate", "non-adversarial", "percent"),
+    ("found_rate_first_attempt", "explanations found, attempt 0 (not near the boundary)", "percent"),
+    ("near_boundary_images", "originals near the boundary", "percent"),
+    ("later_background_share", "later attempts: share of change in empty background", "number"),
+    ("later_spot_rate", "later attempts: background spots", "percent"),
+    ("no_second_reason_rate", "later attempts: no second reason", "percent"),
 )
 
 
