@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import machine
 from sce_jax.models.flux_layers import FluxLayerFactory, rope_tables
 from sce_jax.models.flux_packing import latent_image_ids, text_ids
 from sce_jax.models.flux_transformer import (FluxSingleTransformerBlock, FluxTransformer2DModel,
@@ -197,15 +198,7 @@ def _rows(image_sizes, dtypes, repeats, config) -> list[dict[str, Any]]:
     return rows
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+_cpu_model = machine.cpu_model
 
 
 def markdown(rows: list[dict[str, Any]], *, load_before=None, load_after=None) -> str:

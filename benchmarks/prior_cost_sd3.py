@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import machine
 from sce_jax.models.sd3_transformer import SD3Transformer2DModel, SD3TransformerConfig
 from sce_jax.weights.strict import load_torch_state_dict_into
 
@@ -57,16 +58,7 @@ def _torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def _rss(field: str) -> int | None:
-    """``VmRSS`` / ``VmHWM`` of this process in bytes (Linux), else None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+_rss = machine.process_memory
 
 
 def peak_rss_during(fn: Callable[[], Any]) -> int | None:

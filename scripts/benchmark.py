@@ -69,6 +69,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import machine  # noqa: E402
 from benchmarks import settings as bench_settings  # noqa: E402
 
 flags.DEFINE_list("settings", [], "Settings to run (see --list); default: the --quick preset.")
@@ -103,20 +104,7 @@ DEMO_DIR = os.path.join(ROOT, "sce_jax", "assets", "fashion_mnist")
 
 
 # ------------------------------------------------------------------------------ machine
-def cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cores, cpu_model = machine.cores, machine.cpu_model
 
 
 def machine_info() -> dict[str, Any]:
@@ -215,16 +203,7 @@ class MemoryWatch:
                     else jax.default_backend() != "cpu")
         self.baseline = self._current()
 
-    @staticmethod
-    def _status(field: str) -> int | None:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith(field + ":"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
+    _status = staticmethod(machine.process_memory)
 
     def _current(self) -> int | None:
         if self.gpu and self.framework == "torch":
