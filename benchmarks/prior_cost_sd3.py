@@ -30,7 +30,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import statistics
 import time
 from typing import Any, Callable
 
@@ -39,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import machine
+from benchmarks import machine, timing
 from sce_jax.models.sd3_transformer import SD3Transformer2DModel, SD3TransformerConfig
 from sce_jax.weights.strict import load_torch_state_dict_into
 
@@ -74,13 +73,7 @@ def peak_rss_during(fn: Callable[[], Any]) -> int | None:
     return None if before is None or after is None else max(0, after - before)
 
 
-def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+median_ms = timing.median_ms
 
 
 def parameter_count(config: dict) -> int:

@@ -69,7 +69,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import machine  # noqa: E402
+from benchmarks import machine, timing  # noqa: E402
 from benchmarks import settings as bench_settings  # noqa: E402
 
 flags.DEFINE_list("settings", [], "Settings to run (see --list); default: the --quick preset.")
@@ -528,12 +528,7 @@ def step_flops(pair: ModelPair, setting) -> float | None:
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return timing.median_ms(fn, repeats)
 
 
 def _pass_sizes(setting) -> tuple[int, int]:
