@@ -61,9 +61,14 @@ def empty_background(x: jax.Array) -> jax.Array:
     return masks.flood(seeds, flat).astype(x.dtype)
 
 
-def is_background_spot(x: jax.Array, x_cf: jax.Array) -> jax.Array:
-    """(B,) bool: the change ``x_cf - x`` is a spot in empty background (module docstring)."""
-    empty = empty_background(x)
+def is_background_spot(x: jax.Array, x_cf: jax.Array, empty: jax.Array | None = None) -> jax.Array:
+    """(B,) bool: the change ``x_cf - x`` is a spot in empty background (module docstring).
+
+    ``empty``: :func:`empty_background` of ``x``, when the caller has it already (it depends on
+    the original only, so a search computes it once for all its attempts).
+    """
+    if empty is None:
+        empty = empty_background(x)
     d = masks.change_map(x_cf, x)
     total = jnp.sum(d, axis=(1, 2, 3))
     share = jnp.sum(d * empty, axis=(1, 2, 3)) / jnp.maximum(total, 1e-12)

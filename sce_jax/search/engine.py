@@ -173,6 +173,9 @@ def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
             velocity, z, eps, strength=p.strength, steps=p.denoise_steps, shift=p.shift,
             context=batch.context)
 
+    # The original's empty background, once for all attempts (spot rejection only).
+    empty = background_spots.empty_background(x) if settings.reject_background_spots else None
+
     def attempt(locked, k):
         keys = jax.vmap(lambda key: jax.random.fold_in(key, k))(base_keys)
         allowed = batch.regions * (1.0 - locked)
@@ -181,7 +184,8 @@ def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
                           settings=settings, kind=kind, downsample=spec.downsample,
                           progress=progress, attempt=k, project=projection(keys))
         if settings.reject_background_spots:
-            spot = res.success & (k > 0) & background_spots.is_background_spot(x, res.image)
+            spot = res.success & (k > 0) & background_spots.is_background_spot(
+                x, res.image, empty)
             res = res._replace(success=res.success & ~spot,
                                image=objectives.tree_select(spot, x, res.image),
                                latent=objectives.tree_select(spot, z0, res.latent),
