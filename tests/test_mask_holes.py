@@ -90,3 +90,18 @@ def test_a_square_touching_the_border_is_not_taken_for_background():
     x[:, 0:10, 0:10] = (0.8, 0.1, 0.1)               # a second square in the corner
     empty = np.asarray(spots.empty_background(jnp.asarray(x)))[0, ..., 0]
     assert empty[3, 3] == 0 and empty[25, 25] == 1
+
+
+def test_max_area_keeps_only_the_strongest_change():
+    rng = np.random.default_rng(0)
+    change = rng.random((2, 16, 16, 1)).astype(np.float32)
+    change[1] *= 0.01
+    change[1, 3:7, 3:7] = 1.0        # one strong 4x4 patch on a weak, even change
+    free = np.asarray(masks.threshold_mask(jnp.asarray(change), blur_sigma=0.0, threshold=0.2))
+    capped = np.asarray(masks.threshold_mask(jnp.asarray(change), blur_sigma=0.0, threshold=0.2,
+                                             max_area=0.25))
+    assert free[0].mean() > 0.7 and capped[0].mean() == 0.25
+    # Within the cap the mask keeps the largest values: every kept value beats every dropped one.
+    assert change[0][capped[0] > 0].min() > change[0][capped[0] == 0].max()
+    # Below the cap the threshold alone decides: the patch, nothing of the weak change.
+    assert capped[1].sum() == 16 and capped[1, 3:7, 3:7].min() == 1

@@ -73,6 +73,8 @@ def default_search_config() -> ml_collections.ConfigDict:
     c.mask.period = 5
     c.mask.blur_sigma = 1.5     # pixels; Gaussian blur of the change map
     c.mask.threshold = 0.2      # keep where blurred change / its max >= threshold
+    c.mask.max_area = 1.0       # at most this share of the image may change: the mask keeps the
+                                # top of the blurred change map (1: no cap)
     c.mask.dilation = 1         # latent cells added around the mask
     c.mask.soft_border = 1.0    # pixels of soft border on the pixel mask (0: hard)
     c.mask.lock_margin = 0      # pixels a successful attempt's change grows by when locked
@@ -98,6 +100,7 @@ class MaskSettings:
     period: int
     blur_sigma: float
     threshold: float
+    max_area: float
     dilation: int
     soft_border: float
     lock_margin: int
@@ -172,6 +175,13 @@ def _at_least(name: str, value, minimum) -> Any:
     return value
 
 
+def _share(name: str, value: float) -> float:
+    """``value`` if it is a share in (0, 1]."""
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise SearchConfigError(f"search config {name}={value!r}: must be in (0, 1]")
+    return value
+
+
 def settings_from_config(config: ml_collections.ConfigDict | Mapping[str, Any] | None = None
                          ) -> SearchSettings:
     """Validates ``config`` (missing keys take their defaults) and freezes it."""
@@ -195,6 +205,7 @@ def settings_from_config(config: ml_collections.ConfigDict | Mapping[str, Any] |
         period=int(_at_least("mask.period", int(m["period"]), 1)),
         blur_sigma=float(_at_least("mask.blur_sigma", float(m["blur_sigma"]), 0.0)),
         threshold=float(_at_least("mask.threshold", float(m["threshold"]), 0.0)),
+        max_area=_share("mask.max_area", float(m["max_area"])),
         dilation=int(_at_least("mask.dilation", int(m["dilation"]), 0)),
         soft_border=float(_at_least("mask.soft_border", float(m["soft_border"]), 0.0)),
         lock_margin=int(_at_least("mask.lock_margin", int(m["lock_margin"]), 0)),

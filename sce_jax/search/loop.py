@@ -158,7 +158,7 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
                 # pixels, and a peak there would push the whole allowed area below tau.
                 change = masks.change_map(out.decoded, inp.decoded0) * allowed
                 keep = masks.threshold_mask(change, blur_sigma=mask_cfg.blur_sigma,
-                                            threshold=mask_cfg.threshold)
+                                            threshold=mask_cfg.threshold, max_area=mask_cfg.max_area)
                 if mask_cfg.fill_holes:
                     keep = masks.fill_holes(keep)
                 keep = keep * allowed

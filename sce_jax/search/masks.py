@@ -6,7 +6,9 @@ image may change. The edit mask of a search step is::
     d    = sum_c |D(z) - x0| * allowed       change map of the current reconstruction
                                              (inside the area that may change)
     d'   = blur_sigma(d) / max(blur_sigma(d))
-    keep = fill([d' >= tau]) * allowed       allowed = user region * unlocked area
+    tau' = max(tau, q_a(d'))                 q_a: the value that a share a of the image's
+                                             pixels reaches (``mask.max_area``; a = 1: tau)
+    keep = fill([d' >= tau']) * allowed      allowed = user region * unlocked area
     m    = blur_border(keep) * allowed       soft border, never outside ``allowed``
 
 ``fill`` (optional, ``mask.fill_holes``) adds the holes of the mask: pixels that no 4-connected
@@ -53,12 +55,24 @@ def change_map(decoded: jax.Array, reference: jax.Array) -> jax.Array:
     return jnp.sum(jnp.abs(decoded - reference), axis=-1, keepdims=True)
 
 
-def threshold_mask(change: jax.Array, *, blur_sigma: float, threshold: float) -> jax.Array:
-    """Binary mask ``[blur(d) / max blur(d) >= threshold]`` per example; all ones where d = 0."""
+def threshold_mask(change: jax.Array, *, blur_sigma: float, threshold: float,
+                   max_area: float = 1.0) -> jax.Array:
+    """Binary mask ``[d' >= max(threshold, q)]`` per example, ``d' = blur(d) / max blur(d)``.
+
+    ``q`` is the ``ceil(max_area * H * W)``-th largest value of ``d'``, so the mask covers at
+    most that share of the image (ties at ``q`` aside); ``max_area = 1`` leaves the threshold
+    alone. All ones where ``d = 0``.
+    """
     blurred = gaussian_blur(change, blur_sigma)
     peak = jnp.max(blurred, axis=(1, 2, 3), keepdims=True)
     normalised = jnp.where(peak > 0, blurred / jnp.where(peak > 0, peak, 1.0), 1.0)
-    return (normalised >= threshold).astype(change.dtype)
+    cut = jnp.asarray(threshold, normalised.dtype)
+    if max_area < 1.0:
+        flat = normalised.reshape(normalised.shape[0], -1)
+        rank = max(1, math.ceil(max_area * flat.shape[1]))
+        kth = jax.lax.top_k(flat, rank)[0][:, -1]
+        cut = jnp.maximum(cut, kth.reshape(-1, 1, 1, 1))
+    return (normalised >= cut).astype(change.dtype)
 
 
 def border_pixels(height: int, width: int) -> np.ndarray:
