@@ -230,7 +230,7 @@ def install_hooks(hook_dir: str | None, block: str | None, enospc: str | None = 
     """Monkeypatches the run's search, part-file and PNG writes (see the module docstring)."""
     import errno
 
-    from sce_jax import image_io, run
+    from sce_jax import image_io, workdir
     from sce_jax.explainer import Explainer
 
     point, _, nth = (block or "").partition(":")
@@ -243,7 +243,7 @@ def install_hooks(hook_dir: str | None, block: str | None, enospc: str | None = 
         calls[name] += 1
         return point == name and calls[name] == nth
 
-    search, write_batch, write_png = Explainer.explain_arrays, run._Writer.write_batch, image_io.write_png
+    search, write_part, write_png = Explainer.explain_arrays, workdir.write_part, image_io.write_png
 
     def explain_arrays(self, batch, *, kind):
         if hook_dir:
@@ -252,10 +252,10 @@ def install_hooks(hook_dir: str | None, block: str | None, enospc: str | None = 
             _hold(hook_dir)
         return search(self, batch, kind=kind)
 
-    def write_batch_hooked(self, first_id, records):
+    def write_part_hooked(folder, process_index, records):
         if arrive("part"):
             _hold(hook_dir)
-        return write_batch(self, first_id, records)
+        return write_part(folder, process_index, records)
 
     def write_png_hooked(path, image, *, fsync=False):
         if enospc and enospc in path:
@@ -274,7 +274,7 @@ def install_hooks(hook_dir: str | None, block: str | None, enospc: str | None = 
             f.write(buffer.getvalue()[len(buffer.getvalue()) // 2:])
 
     Explainer.explain_arrays = explain_arrays
-    run._Writer.write_batch = write_batch_hooked
+    workdir.write_part = write_part_hooked
     image_io.write_png = write_png_hooked
 
 

@@ -342,7 +342,7 @@ def test_a_real_run_evaluates_in_agreement_with_its_manifest(shared, tmp_path):
         surrogate="", kid_subsets=2, plots=False))
     records = read_manifest(workdir)
     ok = [r for r in records if r["status"] == "ok"]
-    assert result["table"]["num_images"] == 9 and result["summary"]["num_images_skipped"] == 1
+    assert result["table"]["num_images"] == 9 and result["summary"]["num_skipped"] == 1
     assert result["table"]["num_counterfactuals"] == len(ok) == len(result["counterfactuals"])
     assert result["validity"]["agreement_with_manifest"] == 1.0
     assert result["table"]["flip_rate"] == pytest.approx(np.mean([r["success"] for r in ok]))

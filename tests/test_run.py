@@ -173,7 +173,8 @@ def test_csv_targets_over_a_padded_batch_with_an_empty_target(checkpoints, image
 def test_resume_with_a_changed_input_set_is_refused(checkpoints, image_folder, tmp_path):
     import shutil
 
-    from sce_jax.run_inputs import INPUTS_FILE, InputSetChangedError
+    from sce_jax.run_inputs import InputSetChangedError
+    from sce_jax.workdir import INPUTS as INPUTS_FILE
 
     folder = tmp_path / "images"
     shutil.copytree(image_folder, folder)

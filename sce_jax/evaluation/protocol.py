@@ -42,11 +42,12 @@ import numpy as np
 from absl import logging
 
 from sce_jax import image_io, metrics, record_names, report
+from sce_jax import workdir as workdir_files
 from sce_jax.evaluation import desiderata, factors, models, plots, tables
 from sce_jax.evaluation.run_outputs import (EvaluationError, RunOutputs, attempt_groups,
                                             check_workdir, read_run)
 
-FOLDER = report.EVALUATION
+FOLDER = workdir_files.EVALUATION
 METRICS = "metrics.json"
 PER_COUNTERFACTUAL = "counterfactuals.jsonl"
 # Per-counterfactual numbers summarised over the valid (and over all) counterfactuals.
@@ -222,9 +223,10 @@ def _table_row(name: str, n: int, summary, fields, diversity, realism, non_adver
                ground_truth) -> dict[str, Any]:
     """The run's line of the comparison table (keys: :data:`tables.COLUMNS` and gt_*)."""
     table = {"run": name, "num_images": summary["num_images"], "num_counterfactuals": n,
-             "flip_rate": summary["validity"],
-             "flip_rate_first_attempt": summary["validity_first_attempt"],
+             "flip_rate": summary["flip_rate"],
+             "flip_rate_first_attempt": summary["flip_rate_first_attempt"],
              "images_with_valid": summary["images_with_valid"],
+             "found_rate_first_attempt": summary["found_rate_first_attempt"],
              **{f: _mean(summary, f) for f in DISTANCE_FIELDS if f in fields},
              **{f: diversity[f]["mean"] for f in DIVERSITY_FIELDS},
              "fid": realism.get("fid"), "kid": realism.get("kid"),
@@ -294,7 +296,7 @@ def evaluate_run(run: RunOutputs, options: EvaluationOptions = EvaluationOptions
     return _jsonable({
         "workdir": run.workdir, "run": run.name,
         "table": table,
-        "validity": {"flip_rate": summary["validity"], "num_valid": summary["num_valid"],
+        "validity": {"flip_rate": summary["flip_rate"], "num_valid": summary["num_valid"],
                      "agreement_with_manifest": agreement,
                      "goal_probability": float(run.config.search.get("goal_probability", 0.0)),
                      "per_target": desiderata.flip_rate_per_class(targets, valid)},
@@ -329,7 +331,7 @@ def _write_outputs(run: RunOutputs, result: dict[str, Any], options: EvaluationO
         logging.info("%s: wrote %s", run.name, ", ".join(os.path.basename(p) for p in written))
     output = run.config.get("output", {})
     if options.update_report and (output.get("report", False)
-                                  or os.path.exists(os.path.join(run.workdir, report.REPORT))):
+                                  or os.path.exists(os.path.join(run.workdir, workdir_files.REPORT))):
         report.write_report(run.workdir, class_names=_class_names(run.config) or None,
                             max_examples=int(output.get("report_max_examples", 200)))
 
