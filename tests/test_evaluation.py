@@ -28,7 +28,7 @@ from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
 from sce_jax.run_config import base_run_config
 from sce_jax.search.config import settings_from_config
 from sce_jax.weights.checkpoint import save_model
-from tests.multiprocess_worker import ROOT, read_manifest, shared_fixtures
+from tests.run_helpers import ROOT, read_manifest
 
 SIZE = 32  # the shipped Fashion-MNIST autoencoder's size (it is loaded, never built: fast)
 THRESHOLD, GAIN = 0.2, 40.0
@@ -124,8 +124,8 @@ def _png(workdir, relative):
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return shared_fixtures(tmp_path_factory)
+def shared(run_fixtures):
+    return run_fixtures  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
