@@ -168,9 +168,9 @@ def _last_line(err):
     return lines[-1]
 
 
-def test_processes_that_cannot_agree_fail_cleanly(tmp_path_factory, tmp_path):
+def test_processes_that_cannot_agree_fail_cleanly(run_fixtures, tmp_path):
     """Each case once hung (> 400 s) or aborted; now every process ends with one error line."""
-    shared = helpers.shared_fixtures(tmp_path_factory)
+    shared = run_fixtures
     (tmp_path / "a_file").write_text("not a folder")
     alone = _start_processes(shared, str(tmp_path / "alone"), [("--peer_timeout=5",)])
     mismatch = _start_processes(shared, str(tmp_path / "mismatch"),
@@ -191,8 +191,8 @@ def test_processes_that_cannot_agree_fail_cleanly(tmp_path_factory, tmp_path):
     assert _last_line(err1).startswith("error: process 0 stopped before any work: the workdir ")
 
 
-def test_a_dead_process_ends_the_others_with_a_clean_error(tmp_path_factory, tmp_path):
-    shared = helpers.shared_fixtures(tmp_path_factory)
+def test_a_dead_process_ends_the_others_with_a_clean_error(run_fixtures, tmp_path):
+    shared = run_fixtures
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     # process 1 holds before its second batch's search; process 0 goes on and waits for it
