@@ -339,7 +339,7 @@ def _evaluation_section(images: _Images) -> str:
         return ""
     if not names:
         return ""
-    metrics = f"{EVALUATION}/metrics.json"
+    metrics = f"{EVALUATION}/{workdir_files.EVALUATION_METRICS}"
     link = ""
     if os.path.isfile(os.path.join(images.workdir, metrics)):
         link = (f'<p>All numbers: <a href="{_esc(urllib.parse.quote(metrics))}">'

@@ -17,7 +17,8 @@ A workdir (``scripts/explain.py``, :func:`sce_jax.save_explanation`) holds::
     summary.json             SUMMARY: run-level figures (sce_jax.metrics.summary.run_summary)
                              and throughput (sce_jax.run_throughput)
     report.html              REPORT: the page a person reads (sce_jax.report)
-    evaluation/              EVALUATION: scripts/evaluate.py's metrics.json and plots
+    evaluation/              EVALUATION: scripts/evaluate.py's metrics.json (EVALUATION_METRICS),
+                             counterfactuals.jsonl (EVALUATION_RECORDS) and PNG plots
 
 A record (:class:`Record`) is what :mod:`sce_jax.records` builds: one per (example, target,
 attempt) with status ``"ok"``, or one per skipped input (status ``"skipped"``, target and
@@ -53,6 +54,8 @@ RESULTS_CSV = "results.csv"
 SUMMARY = "summary.json"
 REPORT = "report.html"
 EVALUATION = "evaluation"
+EVALUATION_METRICS = "metrics.json"  # inside evaluation/, as the two below
+EVALUATION_RECORDS = "counterfactuals.jsonl"
 ORIGINAL_PNG = "original.png"
 # The PNG of each file kind of an attempt: <prefix>_t<target>_a<attempt>.png.
 ATTEMPT_PNG_PREFIXES = {"counterfactual": "cf", "difference": "diff", "mask": "mask"}
@@ -386,7 +389,7 @@ def read_input_record(workdir: str) -> dict[str, Any] | None:
 def read_evaluation_metrics(workdir: str) -> dict[str, Any] | None:
     """``evaluation/metrics.json`` of an evaluated run; None when absent or unreadable."""
     try:
-        return _read_object(os.path.join(workdir, EVALUATION, "metrics.json"))
+        return _read_object(os.path.join(workdir, EVALUATION, EVALUATION_METRICS))
     except WorkdirReadError:
         return None
 

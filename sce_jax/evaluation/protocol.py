@@ -41,15 +41,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from sce_jax import image_io, metrics, record_names, report
+from sce_jax import metrics, record_names, report
 from sce_jax import workdir as workdir_files
 from sce_jax.evaluation import desiderata, factors, models, plots, tables
 from sce_jax.evaluation.run_outputs import (EvaluationError, RunOutputs, attempt_groups,
                                             check_workdir, read_run)
 
 FOLDER = workdir_files.EVALUATION
-METRICS = "metrics.json"
-PER_COUNTERFACTUAL = "counterfactuals.jsonl"
+METRICS = workdir_files.EVALUATION_METRICS
+PER_COUNTERFACTUAL = workdir_files.EVALUATION_RECORDS
 # Per-counterfactual numbers summarised over the valid (and over all) counterfactuals.
 DISTANCE_FIELDS = ("pixel_l1", "pixel_l2", "latent_l1", "latent_l2", "search_latent_l1",
                    "search_latent_l2", "changed_fraction", "hoyer")
@@ -102,9 +102,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json(path: str, value: Any) -> None:
-    with image_io.atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(value), f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
+    workdir_files.write_text(path, json.dumps(_jsonable(value), indent=2, sort_keys=True,
+                                              allow_nan=False) + "\n")
 
 
 def _class_names(config) -> tuple[str, ...]:
@@ -315,8 +314,8 @@ def _write_outputs(run: RunOutputs, result: dict[str, Any], options: EvaluationO
     folder = os.path.join(run.workdir, FOLDER)
     os.makedirs(folder, exist_ok=True)
     rows = result["counterfactuals"]
-    with image_io.atomic_write(os.path.join(folder, PER_COUNTERFACTUAL), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, sort_keys=True, allow_nan=False) + "\n" for row in rows)
+    workdir_files.write_text(os.path.join(folder, PER_COUNTERFACTUAL), "".join(
+        json.dumps(row, sort_keys=True, allow_nan=False) + "\n" for row in rows))
     _write_json(os.path.join(folder, METRICS), {k: v for k, v in result.items() if k != "counterfactuals"})
     if options.plots and rows:
         valid = np.asarray([row["success"] for row in rows], bool)
