@@ -65,7 +65,7 @@ from sce_jax.record_names import named_fields
 from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
 from sce_jax.search.config import SearchConfigError, settings_from_config
 from sce_jax.search.engine import Batch as SearchBatch
-from sce_jax.workdir import WorkdirWriteError
+from sce_jax.workdir import WorkdirReadError, WorkdirWriteError
 
 
 class RunInputError(ValueError):
@@ -75,8 +75,8 @@ class RunInputError(ValueError):
 # The errors a user fixes by changing the command, the inputs or the disk: scripts/explain.py
 # reports them as one line (``error: ...``) without a traceback.
 USER_ERRORS = (RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError,
-               DistributedSetupError, run_inputs.InputSetChangedError, PeerFailedError,
-               memory_check.MemoryLimitError)
+               WorkdirReadError, DistributedSetupError, run_inputs.InputSetChangedError,
+               PeerFailedError, memory_check.MemoryLimitError)
 # Seconds a process waits for the others at any point of a multi-process run.
 DEFAULT_PEER_TIMEOUT_S = 600.0
 

@@ -80,3 +80,11 @@ def test_resume_check_refuses_another_config_or_input_set(tmp_path):
         assert json.load(f) == input_record("d", sources)
     with open(os.path.join(root, workdir.RUN_CONFIG)) as f:
         assert json.load(f) == old  # a resume never rewrites the recorded config
+
+
+def test_a_broken_run_config_stops_a_resume_with_one_message(tmp_path):
+    from sce_jax import run
+
+    (tmp_path / "run_config.json").write_text("{half")
+    with pytest.raises(run.USER_ERRORS, match=r"run_config.json: cannot be read as JSON"):
+        workdir.check_resume(str(tmp_path), {}, "d", [], [])
