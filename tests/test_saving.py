@@ -13,7 +13,8 @@ from tests.toy_models import greenish_images, mean_colour_classifier, toy_genera
 def test_saved_explanation_reads_back_as_a_run(tmp_path):
     generator, classifier = toy_generator(), mean_colour_classifier()
     images = greenish_images(2)
-    result = Explainer(generator, classifier, small_config(steps=20)).explain(images, targets=[1, 1])
+    config = small_config(steps=10, **{"smoothing.num_samples": 1})
+    result = Explainer(generator, classifier, config).explain(images, targets=[1, 1])
     out = sce_jax.save_explanation(result, images, str(tmp_path / "saved"), classifier=classifier,
                                    example_ids=[5, 3])
     records = workdir.read_manifest(out)
