@@ -1,4 +1,4 @@
-"""The manifest records (:class:`sce_jax.workdir.Record`), and validity judged on the written 8-bit image.
+"""The manifest records (:class:`sce_jax.workdir.Record`); validity judged on the 8-bit image.
 
 Both the dataset run (:mod:`sce_jax.run`) and :func:`sce_jax.save_explanation` write their
 records through :func:`counterfactual_record` (and :func:`skip_record` for an input that could

@@ -1,8 +1,8 @@
 """The HTML report of a run: one self-contained page a person can open and read.
 
 :func:`write_report` reads ``manifest.jsonl`` and ``summary.json`` of a run's workdir (through
-:mod:`sce_jax.workdir`) and writes ``report.html`` beside them, linking the run's PNGs by relative paths (the folder can
-be moved or zipped as a whole). The page holds:
+:mod:`sce_jax.workdir`) and writes ``report.html`` beside them, linking the run's PNGs by
+relative paths (the folder can be moved or zipped as a whole). The page holds:
 
 1. the run summary (flip rate, mean distances, throughput, and any other summary field) and,
    once ``scripts/evaluate.py`` has run, its headline figures (validity on the PNGs,

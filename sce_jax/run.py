@@ -238,7 +238,8 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     # A problem on any process stops all of them, each with one message, before any work.
     # (Loading the models is itself collective with several processes: all or none load.)
     peers.together("the check of the workdir",
-                   lambda: process_index == 0 and workdir_files.check_writable(workdir), USER_ERRORS)
+                   lambda: process_index == 0 and workdir_files.check_writable(workdir),
+                   USER_ERRORS)
     announce("loading the models and the data ...")
 
     def check_inputs():  # read-only: every process checks, none writes
@@ -332,9 +333,10 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         in_batches = False
         records = (workdir_files.read_part_records(workdir) if process_index != 0
                    else workdir_files.assemble_manifest(workdir))
+        explained = {r["example_id"] for r in records}
         summary = {**run_summary(records), "elapsed_seconds": elapsed,
                    "counterfactuals_per_second": produced / elapsed if elapsed > 0 else None,
-                   "complete": {r["example_id"] for r in records} >= set(range(dataset.num_examples))}
+                   "complete": explained >= set(range(dataset.num_examples))}
         if process_index != 0:
             return summary
         summary = run_throughput.carry_over(_previous_summary(workdir), summary, produced)

@@ -2,7 +2,8 @@
 
 A workdir (``scripts/explain.py``, :func:`sce_jax.save_explanation`) holds::
 
-    run_config.json          RUN_CONFIG: the config the run started with (a resume must use the same)
+    run_config.json          RUN_CONFIG: the config the run started with (a resume must use
+                             the same)
     inputs.json              INPUTS: the ordered inputs it was made from (a resume must see the
                              same; the format and its check: sce_jax.run_inputs)
     images/<id:07d>/         IMAGES: original.png and, per (target t, attempt a),

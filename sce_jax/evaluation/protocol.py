@@ -330,7 +330,8 @@ def _write_outputs(run: RunOutputs, result: dict[str, Any], options: EvaluationO
         logging.info("%s: wrote %s", run.name, ", ".join(os.path.basename(p) for p in written))
     output = run.config.get("output", {})
     if options.update_report and (output.get("report", False)
-                                  or os.path.exists(os.path.join(run.workdir, workdir_files.REPORT))):
+                                  or os.path.exists(os.path.join(run.workdir,
+                                                                 workdir_files.REPORT))):
         report.write_report(run.workdir, class_names=_class_names(run.config) or None,
                             max_examples=int(output.get("report_max_examples", 200)))
 

@@ -2,8 +2,9 @@
 
 A run workdir (``scripts/explain.py``, :mod:`sce_jax.run`; the format: :mod:`sce_jax.workdir`)
 holds ``manifest.jsonl``, ``run_config.json`` and ``images/<id>/`` with ``original.png`` and
-one ``cf_t<t>_a<a>.png`` per counterfactual. :func:`read_run` returns them as arrays in [0, 1], one row per produced
-counterfactual (manifest status ``"ok"``), in manifest order (example id, target, attempt);
+one ``cf_t<t>_a<a>.png`` per counterfactual. :func:`read_run` returns them as arrays in
+[0, 1], one row per produced counterfactual (manifest status ``"ok"``), in manifest order
+(example id, target, attempt);
 ``originals[i]`` is the written original of ``records[i]``. The images are the written files,
 so every metric judges what a user gets, not the search's float images.
 """
