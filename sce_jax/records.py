@@ -1,10 +1,12 @@
-"""The manifest record of one counterfactual, and validity judged on the written 8-bit image.
+"""The manifest records (:class:`sce_jax.workdir.Record`); validity judged on the 8-bit image.
 
 Both the dataset run (:mod:`sce_jax.run`) and :func:`sce_jax.save_explanation` write their
-records through :func:`counterfactual_record`, so a manifest means the same whoever wrote it.
-A record's ``success`` is the target decision at the goal probability on the image as saved
-(``round(255 x) / 255``), not on the float image the search ended with; ``outcome`` says what
-a reader should make of it (:func:`outcome`).
+records through :func:`counterfactual_record` (and :func:`skip_record` for an input that could
+not be explained), so a manifest means the same whoever wrote it. A record's ``success`` is
+the target decision at the goal probability on the image as saved (``round(255 x) / 255``),
+judged by :func:`sce_jax.metrics.reaches_target` as the evaluation judges it, not on the float
+image the search ended with; ``outcome`` says what a reader should make of it
+(:func:`outcome`); ``changed_fraction`` is :func:`sce_jax.metrics.changed_fraction`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
+from sce_jax.metrics.sparsity import changed_fraction
+from sce_jax.metrics.validity import reaches_target
 from sce_jax.search import targets as target_lib
+from sce_jax.workdir import Files, Record
 
 OUTCOMES = ("found", "not_found", "near_boundary", "no_second_reason")
-CHANGED_LEVEL = 2.0 / 255.0  # a pixel counts as changed above this (any channel)
 
 
 def outcome(success: bool, near_boundary: bool, no_second_reason: bool) -> str:
@@ -39,26 +43,27 @@ def judge_written(logits_fn: Callable[[np.ndarray], Any], quantised: np.ndarray,
     """
     b, k = quantised.shape[:2]
     flat = quantised.reshape((b * k,) + quantised.shape[2:]).astype(np.float32) / 255.0
-    logits = jnp.asarray(logits_fn(flat))
-    target = jnp.asarray(np.repeat(np.asarray(result.target), k))
-    value = jnp.asarray(np.repeat(np.asarray(result.target_value), k))
-    reached = target_lib.target_reached(logits, target, value, kind=kind,
-                                        goal_probability=goal_probability)
-    prob = target_lib.target_probability(logits, target, value, kind=kind)
-    return (np.asarray(reached).reshape(b, k), np.asarray(prob).reshape(b, k),
-            np.asarray(jnp.argmax(logits, -1)).reshape(b, k))
+    logits = np.asarray(logits_fn(flat), np.float32)
+    target = np.repeat(np.asarray(result.target, np.int32), k)
+    value = np.repeat(np.asarray(result.target_value, np.float32), k)
+    reached = reaches_target(logits, target, value if kind == "flip" else None, kind=kind,
+                             goal_probability=goal_probability)
+    prob = target_lib.target_probability(jnp.asarray(logits), jnp.asarray(target),
+                                         jnp.asarray(value), kind=kind)
+    return (reached.reshape(b, k), np.asarray(prob).reshape(b, k),
+            np.argmax(logits, -1).reshape(b, k))
 
 
 def counterfactual_record(result, row: int, attempt: int, *, example_id: int, source: str,
                           label: int | None, target_kind: str, success8: bool, prob8: float,
                           decision8: int, original: np.ndarray, quantised: np.ndarray,
-                          files: dict[str, str]) -> dict[str, Any]:
+                          files: Files) -> Record:
     """The record of attempt ``attempt`` of row ``row`` of an Explanation (numpy arrays)."""
     j, a = row, attempt
     success = bool(success8 and not result.nonfinite[j, a])
     near = bool(result.near_boundary[j])
     spot = bool(result.no_second_reason[j, a])
-    change = np.abs(quantised.astype(np.float32) / 255.0 - original).max(-1)
+    changed = changed_fraction(original, quantised.astype(np.float32) / 255.0)
     return {
         "example_id": int(example_id), "source": source, "label": label,
         "status": "ok", "reason": None,
@@ -79,6 +84,12 @@ def counterfactual_record(result, row: int, attempt: int, *, example_id: int, so
         "outcome": outcome(success, near, spot),
         "latent_l1": float(result.latent_l1[j, a]), "latent_l2": float(result.latent_l2[j, a]),
         "pixel_l1": float(result.pixel_l1[j, a]), "pixel_l2": float(result.pixel_l2[j, a]),
-        "changed_fraction": float(np.mean(change > CHANGED_LEVEL)),
+        "changed_fraction": float(changed),
         "files": files,
     }
+
+
+def skip_record(example_id: int, source: str, reason: str, label: int | None = None) -> Record:
+    """The record of an input that was not explained, and why (status ``"skipped"``)."""
+    return {"example_id": int(example_id), "source": source, "label": label,
+            "status": "skipped", "reason": reason, "target": -1, "attempt": -1, "files": {}}

@@ -1,8 +1,8 @@
 """The HTML report of a run: one self-contained page a person can open and read.
 
-:func:`write_report` reads ``manifest.jsonl`` and ``summary.json`` of a run's workdir and
-writes ``report.html`` beside them, linking the run's PNGs by relative paths (the folder can
-be moved or zipped as a whole). The page holds:
+:func:`write_report` reads ``manifest.jsonl`` and ``summary.json`` of a run's workdir (through
+:mod:`sce_jax.workdir`) and writes ``report.html`` beside them, linking the run's PNGs by
+relative paths (the folder can be moved or zipped as a whole). The page holds:
 
 1. the run summary (flip rate, mean distances, throughput, and any other summary field) and,
    once ``scripts/evaluate.py`` has run, its headline figures (validity on the PNGs,
@@ -30,12 +30,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image
 
-from sce_jax import image_io
+from sce_jax import workdir as workdir_files
+from sce_jax.workdir import EVALUATION, MANIFEST, REPORT, SUMMARY
 
-MANIFEST = "manifest.jsonl"
-SUMMARY = "summary.json"
-REPORT = "report.html"
-EVALUATION = "evaluation"  # the folder scripts/evaluate.py writes its metrics and plots into
 DISPLAY_PIXELS = 160  # small images are enlarged to about this size (pixelated, no blur)
 
 # Known summary fields: (key, label, format).
@@ -89,43 +86,6 @@ img.pixelated { image-rendering: pixelated; image-rendering: crisp-edges; }
 .missing { color: #b00020; font-size: 0.8em; }
 .evaluation img { max-width: 100%; height: auto; }
 """
-
-
-class ReportError(ValueError):
-    """The run's outputs cannot be read into a report (the message names the file)."""
-
-
-def read_manifest(path: str) -> list[dict[str, Any]]:
-    """The records of a ``manifest.jsonl`` (one JSON object per line; blank lines ignored)."""
-    if not os.path.isfile(path):
-        raise ReportError(f"{path} does not exist: no manifest to report on")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ReportError(f"{path} line {number}: not valid JSON ({e})") from None
-            if not isinstance(record, dict) or "example_id" not in record:
-                raise ReportError(f"{path} line {number}: expected a JSON object with an "
-                                  "'example_id'")
-            records.append(record)
-    return records
-
-
-def _read_summary(path: str) -> dict[str, Any] | None:
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            summary = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(summary, dict):
-        raise ReportError(f"{path}: expected a JSON object")
-    return summary
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -369,16 +329,6 @@ def _skipped_section(records: Iterable[Mapping[str, Any]]) -> str:
             f"<tr><th>id</th><th>source</th><th>reason</th></tr>{rows}</table>")
 
 
-def _read_evaluation_metrics(workdir: str) -> dict[str, Any] | None:
-    """``evaluation/metrics.json`` of a run, or None (not evaluated, or unreadable)."""
-    try:
-        with open(os.path.join(workdir, EVALUATION, "metrics.json"), encoding="utf-8") as f:
-            metrics = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return metrics if isinstance(metrics, dict) else None
-
-
 def _evaluation_section(images: _Images) -> str:
     """The evaluation's plots (PNGs in ``evaluation/``), or nothing when there are none."""
     folder = os.path.join(images.workdir, EVALUATION)
@@ -389,7 +339,7 @@ def _evaluation_section(images: _Images) -> str:
         return ""
     if not names:
         return ""
-    metrics = f"{EVALUATION}/metrics.json"
+    metrics = f"{EVALUATION}/{workdir_files.EVALUATION_METRICS}"
     link = ""
     if os.path.isfile(os.path.join(images.workdir, metrics)):
         link = (f'<p>All numbers: <a href="{_esc(urllib.parse.quote(metrics))}">'
@@ -423,7 +373,7 @@ def render_report(records: Sequence[Mapping[str, Any]], summary: Mapping[str, An
     title = title or f"Counterfactual explanations: {os.path.basename(os.path.normpath(workdir))}"
     body = (f"<h1>{_esc(title)}</h1><p class=\"legend\">{LEGEND}</p>"
             + _summary_section(summary)
-            + _evaluation_summary(_read_evaluation_metrics(workdir))
+            + _evaluation_summary(workdir_files.read_evaluation_metrics(workdir))
             + _evaluation_section(images)
             + _examples_section(records, names, images, max_examples)
             + _skipped_section(records))
@@ -441,14 +391,14 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
       max_examples: images shown with their counterfactuals (skipped inputs are all listed).
 
     Raises:
-      ReportError: the manifest is missing or not valid JSON lines.
+      WorkdirReadError: the manifest is missing or not valid JSON lines, or the summary is
+        not a JSON object.
     """
     workdir = os.path.abspath(workdir)
-    records = read_manifest(os.path.join(workdir, MANIFEST))
-    summary = _read_summary(os.path.join(workdir, SUMMARY))
+    records = workdir_files.read_manifest(workdir)
+    summary = workdir_files.read_summary(workdir)
     page = render_report(records, summary, workdir=workdir, class_names=class_names,
                          max_examples=max_examples)
     path = os.path.join(workdir, REPORT)
-    with image_io.atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    workdir_files.write_text(path, page)
     return path

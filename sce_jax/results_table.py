@@ -12,9 +12,7 @@ import io
 import os
 from typing import Any, Mapping, Sequence
 
-from sce_jax import image_io
-
-RESULTS_CSV = "results.csv"
+from sce_jax import workdir as workdir_files
 COLUMNS = ("example_id", "source", "status", "reason", "label", "label_name", "prediction",
            "prediction_name", "prob_prediction", "goal", "target", "target_kind", "target_name",
            "attempt", "success", "prob_target_before", "prob_target_after", "prediction_after",
@@ -47,7 +45,6 @@ def write_results_csv(workdir: str, records: Sequence[Mapping[str, Any]]) -> str
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(results_rows(records))
-    path = os.path.join(workdir, RESULTS_CSV)
-    with image_io.atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(text.getvalue())
+    path = os.path.join(workdir, workdir_files.RESULTS_CSV)
+    workdir_files.write_text(path, text.getvalue())
     return path

@@ -1,17 +1,10 @@
 """A dataset-wide explanation run: batches -> search -> 8-bit images + manifest -> report.
 
-``explain_dataset(config, workdir)`` is what ``scripts/explain.py`` calls. The workdir holds::
-
-    run_config.json          the config the run started with (a resume must use the same)
-    inputs.json              the ordered inputs it was made from (a resume must see the same;
-                             sce_jax.run_inputs)
-    images/<id>/...          original.png, and per (target t, attempt a): cf_t<t>_a<a>.png,
-                             diff_t<t>_a<a>.png (heat map), mask_t<t>_a<a>.png
-    parts/<process>-<id>.jsonl   the records of one batch, written atomically after its images
-    manifest.jsonl           all records, sorted, rebuilt atomically from parts/ (class names
-                             and the goal in words beside the indices: sce_jax.record_names)
-    results.csv              the manifest's main columns (sce_jax.results_table)
-    summary.json, report.html   (throughput of every invocation that did work: sce_jax.run_throughput)
+``explain_dataset(config, workdir)`` is what ``scripts/explain.py`` calls. The workdir's files,
+how each is written and read, and the resume check are :mod:`sce_jax.workdir`'s; this module
+orchestrates: check the inputs, record the run, explain batch by batch (each batch's images,
+then its part file), then assemble the manifest, ``results.csv``, ``summary.json``
+(:func:`sce_jax.metrics.summary.run_summary`, :mod:`sce_jax.run_throughput`) and the report.
 
 Resume: an example is done when a part file holds its records; a rerun skips those and
 finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
@@ -43,7 +36,6 @@ run their checks together before any work; every wait for another process ends a
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import signal
@@ -60,9 +52,11 @@ from absl import logging
 from sce_jax import data as data_lib
 from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_throughput
 from sce_jax import records as records_lib
+from sce_jax import workdir as workdir_files
 from sce_jax.collectives import Collectives, PeerFailedError, differing_keys
 from sce_jax.distributed import DistributedSetupError
-from sce_jax.example_files import example_folder, write_example_files
+from sce_jax.example_files import write_example_files
+from sce_jax.metrics.summary import run_summary
 from sce_jax.explainer import Explainer, all_other_classes
 from sce_jax.loaders import (check_prior_inputs, load_classifier, load_generator, load_prior,
                              load_prior_context)
@@ -71,43 +65,18 @@ from sce_jax.record_names import named_fields
 from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
 from sce_jax.search.config import SearchConfigError, settings_from_config
 from sce_jax.search.engine import Batch as SearchBatch
-
-RUN_CONFIG_FILE = "run_config.json"
-MANIFEST = "manifest.jsonl"
-SUMMARY = "summary.json"
-PARTS = "parts"
-IMAGES = "images"
-# Config fields that change results: a resume with other values would mix two runs.
-RESULT_DEFINING = ("data", "generator", "classifier", "targets", "search")
-
-
-class StopRequested(Exception):
-    """Raised inside the run when SIGTERM/SIGINT asked it to stop after the current batch."""
+from sce_jax.workdir import WorkdirReadError, WorkdirWriteError
 
 
 class RunInputError(ValueError):
     """An input of the run (data, weights, targets, sizes) that cannot work; raised before any work."""
 
 
-class WorkdirWriteError(OSError):
-    """The workdir cannot be written (read-only, full disk, no permission); says what to do.
-
-    ``errno`` is the failed write's error number; ``str()`` is the message alone.
-    ``alone`` is True for a write that failed during the batches: only this process knows
-    of it (the others learn it when it does not arrive at their next exchange).
-    """
-
-    def __init__(self, code: int | None, message: str):
-        super().__init__(message)
-        self.errno = code
-        self.alone = False
-
-
 # The errors a user fixes by changing the command, the inputs or the disk: scripts/explain.py
 # reports them as one line (``error: ...``) without a traceback.
 USER_ERRORS = (RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError,
-               DistributedSetupError, run_inputs.InputSetChangedError, PeerFailedError,
-               memory_check.MemoryLimitError)
+               WorkdirReadError, DistributedSetupError, run_inputs.InputSetChangedError,
+               PeerFailedError, memory_check.MemoryLimitError)
 # Seconds a process waits for the others at any point of a multi-process run.
 DEFAULT_PEER_TIMEOUT_S = 600.0
 
@@ -115,202 +84,6 @@ DEFAULT_PEER_TIMEOUT_S = 600.0
 @dataclasses.dataclass
 class RunState:
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    with image_io.atomic_write(path, "w", fsync=True, encoding="utf-8") as f:
-        f.write(text)
-
-
-def _check_resume_config(current: dict[str, Any], workdir: str) -> None:
-    """Refuses to resume a run made with another config (``current``: the config as JSON)."""
-    path = os.path.join(workdir, RUN_CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        previous = json.load(f)
-    if isinstance(previous.get("targets"), dict):  # recorded before targets.class_name existed
-        previous["targets"].setdefault("class_name", "")
-    changed = [k for k in RESULT_DEFINING if previous.get(k) != current.get(k)]
-    if changed:
-        raise RunConfigError(
-            f"{workdir} holds a run made with another config (differs in: {', '.join(changed)}); "
-            "resume with the same config or choose a new --workdir")
-
-
-def _record_run(current: dict[str, Any], dataset: data_lib.Dataset, workdir: str, *,
-                resumed: bool) -> None:
-    """Writes what the run is made from: ``run_config.json`` and ``inputs.json`` (new runs;
-    a resumed workdir from before ``inputs.json`` gets one once its records were checked)."""
-    try:
-        if not resumed:
-            _atomic_write_text(os.path.join(workdir, RUN_CONFIG_FILE),
-                               json.dumps(current, indent=2, sort_keys=True))
-        if not resumed or run_inputs.read_input_record(workdir) is None:
-            _atomic_write_text(os.path.join(workdir, run_inputs.INPUTS_FILE), json.dumps(
-                run_inputs.input_record(dataset.source, dataset.sources), indent=1))
-    except OSError as e:
-        raise _write_failed(e, workdir, 0) from e
-
-
-def _is_temporary(name: str) -> bool:
-    """Names :func:`sce_jax.image_io.atomic_write` gives files before their final rename."""
-    return name.startswith(".") and name.endswith(".tmp")
-
-
-def remove_stale_temporaries(workdir: str, example_ids, *, process_index: int) -> int:
-    """Removes temporary files left by a killed run; returns how many.
-
-    Only files this process would write again are touched: the image folders of
-    ``example_ids`` (this process's remaining examples), its own ``parts/p<index>-*`` files and,
-    on process 0, the run-level files (manifest, summary, report, config). So processes
-    sharing a workdir never remove each other's files in flight.
-    """
-    folders = [os.path.join(workdir, IMAGES, f"{int(i):07d}") for i in example_ids]
-    prefixes = {os.path.join(workdir, PARTS): f".p{process_index:03d}-"}
-    if process_index == 0:
-        prefixes[workdir] = "."
-    removed = 0
-    candidates = [(f, ".") for f in folders] + list(prefixes.items())
-    for folder, prefix in candidates:
-        try:
-            names = os.listdir(folder)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for name in names:
-            if _is_temporary(name) and name.startswith(prefix):
-                try:
-                    os.remove(os.path.join(folder, name))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-    return removed
-
-
-def _check_workdir_writable(workdir: str, *, keep: bool = False) -> None:
-    """Writes a probe file into ``workdir``, so a read-only disk fails before any work.
-
-    Folders the probe had to create are removed again unless ``keep``: a run that stops on a
-    bad input leaves no empty workdir behind (the run creates it once its inputs are checked).
-    """
-    created = []
-    folder = workdir
-    while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
-        created.append(folder)
-        folder = os.path.dirname(folder)
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with image_io.atomic_write(os.path.join(workdir, ".write_probe"), "w") as f:
-            f.write("probe")
-        os.remove(os.path.join(workdir, ".write_probe"))
-    except OSError as e:
-        keep = False
-        raise WorkdirWriteError(
-            e.errno, f"the workdir {workdir} cannot be written ({e.strerror or e}"
-            f"{': ' + str(e.filename) if e.filename else ''}); choose a writable --workdir") from e
-    finally:
-        for new_folder in created if not keep else ():
-            try:
-                os.rmdir(new_folder)
-            except OSError:
-                pass
-
-
-def _write_failed(e: OSError, workdir: str, committed: int) -> WorkdirWriteError:
-    """The error for a write that failed mid-run, saying what was kept and how to go on."""
-    hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EROFS: "the disk is read-only",
-            errno.EACCES: "no permission to write"}.get(e.errno, "a write failed")
-    where = f" ({e.filename})" if e.filename else ""
-    if not committed:
-        return WorkdirWriteError(
-            e.errno, f"{hint}: {e.strerror or e}{where}. Nothing was explained by this run; fix "
-            "the problem and rerun the same command")
-    return WorkdirWriteError(
-        e.errno, f"{hint}: {e.strerror or e}{where}. The {committed} batch(es) this run "
-        f"completed are kept in {workdir}; fix the problem and rerun the same command to resume")
-
-
-def read_records(workdir: str) -> list[dict[str, Any]]:
-    """All records of the committed part files (a half-written part never exists: atomic)."""
-    parts = os.path.join(workdir, PARTS)
-    records = []
-    if not os.path.isdir(parts):
-        return records
-    for name in sorted(os.listdir(parts)):
-        if not name.endswith(".jsonl"):
-            continue
-        with open(os.path.join(parts, name)) as f:
-            records.extend(json.loads(line) for line in f if line.strip())
-    return records
-
-
-def assemble_manifest(workdir: str) -> list[dict[str, Any]]:
-    """Rebuilds ``manifest.jsonl`` from the parts: sorted, one record per (id, target, attempt)."""
-    unique = {}
-    for r in read_records(workdir):
-        unique[(r["example_id"], r.get("target", -1), r.get("attempt", -1))] = r
-    records = [unique[k] for k in sorted(unique)]
-    _atomic_write_text(os.path.join(workdir, MANIFEST),
-                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    return records
-
-
-def summarise(records: list[dict[str, Any]], *, elapsed: float, new_counterfactuals: int) -> dict:
-    """Run-level numbers: flip rate on 8-bit images, mean distances, throughput."""
-    ok = [r for r in records if r.get("status") == "ok"]
-    images = {r["example_id"] for r in records}
-    skipped = {r["example_id"] for r in records if r.get("status") != "ok"}
-
-    def mean(key, rows):
-        values = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
-        return float(np.mean(values)) if values else None
-
-    succeeded = [r for r in ok if r["success"]]
-    first_attempts = [r for r in ok if r["attempt"] == 0]
-    far = [r for r in ok if not r.get("near_boundary")]
-    far_first = [r for r in far if r["attempt"] == 0]
-
-    def found_rate(rows):
-        return float(np.mean([r.get("outcome") == "found" for r in rows])) if rows else None
-
-    return {
-        "num_images": len(images),
-        "num_skipped": len(skipped),
-        "num_counterfactuals": len(ok),
-        "flip_rate": float(np.mean([r["success"] for r in ok])) if ok else None,
-        "flip_rate_first_attempt": float(np.mean([r["success"] for r in first_attempts])) if first_attempts else None,
-        "num_near_boundary": len({r["example_id"] for r in ok if r.get("near_boundary")}),
-        "found_rate": found_rate(far),
-        "found_rate_first_attempt": found_rate(far_first),
-        "num_no_second_reason": sum(1 for r in ok if r.get("no_second_reason")),
-        "mean_latent_l1": mean("latent_l1", succeeded),
-        "mean_pixel_l1": mean("pixel_l1", succeeded),
-        "mean_pixel_l2": mean("pixel_l2", succeeded),
-        "mean_changed_fraction": mean("changed_fraction", succeeded),
-        "mean_steps": mean("steps", ok),
-        "counterfactuals_per_second": new_counterfactuals / elapsed if elapsed > 0 else None,
-        "elapsed_seconds": elapsed,
-    }
-
-
-class _Writer:
-    """Writes one batch's images, then its part file (the commit point of the batch)."""
-
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, process_index: int):
-        self.workdir = workdir
-        self.config = config
-        self.process_index = process_index
-        os.makedirs(os.path.join(workdir, PARTS), exist_ok=True)
-        os.makedirs(os.path.join(workdir, IMAGES), exist_ok=True)
-
-    def image_dir(self, example_id: int) -> str:
-        return example_folder(example_id)
-
-    def write_batch(self, first_id: int, records: list[dict[str, Any]]) -> None:
-        name = f"p{self.process_index:03d}-{first_id:09d}.jsonl"
-        _atomic_write_text(os.path.join(self.workdir, PARTS, name),
-                           "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption, Ctrl-C: both finish the batch
@@ -465,7 +238,8 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     # A problem on any process stops all of them, each with one message, before any work.
     # (Loading the models is itself collective with several processes: all or none load.)
     peers.together("the check of the workdir",
-                   lambda: process_index == 0 and _check_workdir_writable(workdir), USER_ERRORS)
+                   lambda: process_index == 0 and workdir_files.check_writable(workdir),
+                   USER_ERRORS)
     announce("loading the models and the data ...")
 
     def check_inputs():  # read-only: every process checks, none writes
@@ -475,10 +249,9 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
             raise
         except (ValueError, OSError) as e:  # the inputs' own errors name the file and the problem
             raise RunInputError(str(e)) from e
-        records = read_records(workdir)
+        records = workdir_files.read_part_records(workdir)
         if records:
-            _check_resume_config(current, workdir)
-            run_inputs.check_unchanged(workdir, dataset.source, dataset.sources, records)
+            workdir_files.check_resume(workdir, current, dataset.source, dataset.sources, records)
         return generator, classifier, prior, context, dataset, bool(records)
 
     generator, classifier, prior, context, dataset, resumed = peers.together(
@@ -488,8 +261,12 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
                              f"{a.split()[0]}; the workdir and data must be on a shared file system")
 
     def record_run():  # the inputs are usable: now the workdir may be created
-        _check_workdir_writable(workdir, keep=True)
-        _record_run(current, dataset, workdir, resumed=resumed)
+        workdir_files.check_writable(workdir, keep=True)
+        try:
+            workdir_files.write_run_record(workdir, current, dataset.source, dataset.sources,
+                                           resumed=resumed)
+        except OSError as e:
+            raise workdir_files.write_failed(e, workdir, 0) from e
 
     peers.together("recording the run", lambda: process_index == 0 and record_run(), USER_ERRORS)
 
@@ -497,7 +274,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     kind = {"all_others": "class", "csv": "class"}.get(config.targets.kind, config.targets.kind)
     logits_jit = jax.jit(classifier.logits_fn)
 
-    done = {r["example_id"] for r in read_records(workdir)}
+    done = workdir_files.finished_ids(workdir)
     # Every process must see the same finished examples (they fix the batch count), so none
     # may commit a batch before all have read them.
     peers.barrier("resume state read")
@@ -517,10 +294,11 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     committed = 0
     in_batches = False  # between the first batch and the end of all (the processes apart)
     try:
-        removed = remove_stale_temporaries(workdir, remaining, process_index=process_index)
+        removed = workdir_files.remove_stale_temporaries(workdir, remaining,
+                                                         process_index=process_index)
         if removed:
             logging.info("removed %d temporary file(s) left by an interrupted run", removed)
-        writer = _Writer(workdir, config, process_index)
+        workdir_files.make_output_folders(workdir)
         progress = Progress(todo * per_image, unit="counterfactuals")
         start = time.monotonic()
         produced = 0
@@ -530,14 +308,13 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
                 process_count=process_count, pad_to_num_batches=num_batches)):
             try:
                 records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind,
-                                         writer, context)
+                                         workdir, context)
             except Exception as e:  # noqa: BLE001 - only a failed exchange between processes
                 if process_count > 1 and _is_collective_failure(e):
                     raise peers.lost(f"batch {index + 1}", e) from None
                 raise
             records = [{**r, **named_fields(r, classifier.class_names)} for r in records]
-            if records:
-                writer.write_batch(min(r["example_id"] for r in records), records)
+            workdir_files.write_part(workdir, process_index, records)  # the commit point
             committed += 1
             n_cf = sum(1 for r in records if r["status"] == "ok")
             produced += n_cf
@@ -554,23 +331,35 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         # all parts written before anyone assembles (shared workdir)
         peers.barrier("all batches written")
         in_batches = False
-        records = read_records(workdir) if process_index != 0 else assemble_manifest(workdir)
-        summary = summarise(records, elapsed=elapsed, new_counterfactuals=produced)
-        summary["complete"] = {r["example_id"] for r in records} >= set(range(dataset.num_examples))
+        records = (workdir_files.read_part_records(workdir) if process_index != 0
+                   else workdir_files.assemble_manifest(workdir))
+        explained = {r["example_id"] for r in records}
+        summary = {**run_summary(records), "elapsed_seconds": elapsed,
+                   "counterfactuals_per_second": produced / elapsed if elapsed > 0 else None,
+                   "complete": explained >= set(range(dataset.num_examples))}
         if process_index != 0:
             return summary
-        summary = run_throughput.carry_over(os.path.join(workdir, SUMMARY), summary, produced)
-        _atomic_write_text(os.path.join(workdir, SUMMARY), json.dumps(summary, indent=2, sort_keys=True))
+        summary = run_throughput.carry_over(_previous_summary(workdir), summary, produced)
+        workdir_files.write_summary(workdir, summary)
         results_table.write_results_csv(workdir, records)
         if config.output.report:
             from sce_jax import report
             report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
                                 max_examples=int(config.output.report_max_examples))
     except OSError as e:
-        error = _write_failed(e, workdir, committed)
+        error = workdir_files.write_failed(e, workdir, committed)
         error.alone = in_batches
         raise error from e
     return summary
+
+
+def _previous_summary(workdir: str) -> dict[str, Any] | None:
+    """The workdir's ``summary.json`` before this invocation; None for a new or unreadable one."""
+    try:
+        return workdir_files.read_summary(workdir)
+    except workdir_files.WorkdirReadError as e:
+        logging.warning("%s; the throughput of earlier invocations is not carried over", e)
+        return None
 
 
 def _is_collective_failure(error: Exception) -> bool:
@@ -579,11 +368,13 @@ def _is_collective_failure(error: Exception) -> bool:
 
 
 def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
-                   writer: _Writer, context: Any = None) -> list[dict[str, Any]]:
+                   workdir: str, context: Any = None) -> list[workdir_files.Record]:
     """Searches one data batch and writes its images; returns its manifest records
     (``context``: the prior's conditioning, one row for every image)."""
     labels_by_id = dict(zip(np.asarray(batch.example_ids).tolist(), np.asarray(batch.labels).tolist()))
-    records = [_skip_record(s, _label(labels_by_id.get(int(s.example_id), -1))) for s in batch.skipped]
+    records = [records_lib.skip_record(s.example_id, s.source, s.reason,
+                                       _label(labels_by_id.get(int(s.example_id), -1)))
+               for s in batch.skipped]
     valid = np.asarray(batch.valid, bool)
     if not valid.any() and jax.process_count() == 1:  # with several processes all take part
         return records
@@ -599,8 +390,8 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         targets = np.asarray(batch.targets, np.int32)
         bad = valid & (targets < 0)
         for i in np.flatnonzero(bad):
-            records.append(_skip_record(data_lib.SkipRecord(int(ids[i]), batch.sources[i],
-                                                            "the CSV gives no target for this image")))
+            records.append(records_lib.skip_record(int(ids[i]), batch.sources[i],
+                                                   "the CSV gives no target for this image"))
         valid = valid & ~bad
         targets = np.where(valid, targets, 0).astype(np.int32)  # padding: any class, never searched
     elif target_kind == "class" or (target_kind == "flip" and config.targets.class_index >= 0):
@@ -629,7 +420,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
             continue
         example_id = int(ids[i])
         attempt_files = write_example_files(
-            writer.workdir, example_id, images[i], quantised[j], result.mask[j],
+            workdir, example_id, images[i], quantised[j], result.mask[j],
             int(result.target[j]), heatmaps=bool(config.output.heatmaps),
             write_masks=bool(config.output.masks), write_original=example_id not in written_originals)
         written_originals.add(example_id)
@@ -640,11 +431,6 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
                 prob8=prob8[j, a], decision8=decision8[j, a], original=images[i],
                 quantised=quantised[j, a], files=attempt_files[a]))
     return records
-
-
-def _skip_record(skip, label: int | None = None) -> dict[str, Any]:
-    return {"example_id": int(skip.example_id), "source": skip.source, "label": label,
-            "status": "skipped", "reason": skip.reason, "target": -1, "attempt": -1, "files": {}}
 
 
 def _label(value) -> int | None:

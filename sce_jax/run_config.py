@@ -72,7 +72,6 @@ def base_run_config() -> ml_collections.ConfigDict:
     c.output.masks = True         # write mask_*.png edit masks
     c.output.report = True        # write report.html
     c.output.report_max_examples = 200  # images shown in report.html (the manifest has all)
-    c.log_every_batches = 1       # not used: the progress line follows every batch
     return c
 
 

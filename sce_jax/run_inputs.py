@@ -4,7 +4,7 @@ A result is stored under its ``example_id``, the index of its input in the sourc
 (sorted folder paths, CSV rows, npz indices). If the input set changes between two runs on
 one workdir (a file added to the folder, a CSV row removed, rows reordered), the same id names
 another file, and a resume would attach old results to the wrong images and skip new ones.
-So the first run writes ``inputs.json``::
+So the first run writes ``inputs.json`` (the name and its reading: :mod:`sce_jax.workdir`)::
 
     {"source": "<data.source>", "num_examples": N, "sha256": "<digest>", "sources": [...]}
 
@@ -18,11 +18,9 @@ is). Workdirs from before this record are checked against the ``source`` of thei
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-INPUTS_FILE = "inputs.json"
 NAMED = 3  # changed inputs named in a message; the rest are counted
 
 
@@ -39,14 +37,6 @@ def input_record(source: str, sources: Sequence[str]) -> dict[str, Any]:
     """The content of ``inputs.json`` for a dataset."""
     return {"source": source, "num_examples": len(sources), "sha256": digest(sources),
             "sources": list(sources)}
-
-
-def read_input_record(workdir: str) -> dict[str, Any] | None:
-    path = os.path.join(workdir, INPUTS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _names(items: Sequence[str]) -> str:
@@ -72,19 +62,19 @@ def describe_change(before: Sequence[str], after: Sequence[str]) -> str:
     return "; ".join(parts)
 
 
-def check_unchanged(workdir: str, source: str, sources: Sequence[str],
-                    records: Sequence[dict[str, Any]]) -> None:
+def check_unchanged(workdir: str, previous: Mapping[str, Any] | None, source: str,
+                    sources: Sequence[str], records: Sequence[Mapping[str, Any]]) -> None:
     """Refuses to resume ``workdir`` if its results were made from other inputs.
 
-    Compares with ``inputs.json`` when the workdir has one, and in any case checks that every
-    committed record's ``source`` is the input its ``example_id`` now names.
+    Compares with ``previous``, the workdir's ``inputs.json`` (None for a workdir from before
+    it), and in any case checks that every committed record's ``source`` is the input its
+    ``example_id`` now names.
 
     Raises:
       InputSetChangedError: naming what was added, removed or moved.
     """
     hint = ("resume with the inputs the workdir was made from, or choose a new --workdir "
             "for the new input set")
-    previous = read_input_record(workdir)
     if previous is not None and previous.get("sha256") != digest(sources):
         change = describe_change(previous.get("sources", []), sources)
         raise InputSetChangedError(

@@ -12,8 +12,6 @@ and sets the run-level figures over all of them: ``elapsed_seconds = sum t_i`` a
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Mapping
 
 
@@ -33,23 +31,14 @@ def _entry(counterfactuals: int, elapsed: float) -> dict[str, Any]:
             "counterfactuals_per_second": counterfactuals / elapsed if elapsed > 0 else None}
 
 
-def read_summary(path: str) -> dict[str, Any] | None:
-    """The JSON object at ``path``, or None when there is none (or it is unreadable)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def carry_over(summary_path: str, summary: Mapping[str, Any], produced: int) -> dict[str, Any]:
+def carry_over(previous: Mapping[str, Any] | None, summary: Mapping[str, Any],
+               produced: int) -> dict[str, Any]:
     """``summary`` with the throughput of every invocation that did work (see module doc).
 
-    ``summary_path`` is the workdir's previous ``summary.json`` (absent for a new run);
+    ``previous`` is the workdir's previous ``summary.json`` (None for a new run);
     ``produced`` and ``summary["elapsed_seconds"]`` are this invocation's own figures.
     """
-    runs = _previous_runs(read_summary(summary_path) if os.path.exists(summary_path) else None)
+    runs = _previous_runs(previous)
     if produced > 0:
         runs.append(_entry(produced, float(summary["elapsed_seconds"])))
     total_cf = sum(r["counterfactuals"] for r in runs)

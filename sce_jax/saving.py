@@ -17,20 +17,18 @@ used. ``scripts/evaluate.py`` needs a run config and does not evaluate these fol
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 
 from sce_jax import api_inputs, image_io, records, report, results_table
+from sce_jax import workdir as workdir_files
 from sce_jax.classifier import Classifier
 from sce_jax.example_files import write_example_files
+from sce_jax.metrics.summary import run_summary
 from sce_jax.record_names import with_names
-
-MANIFEST = "manifest.jsonl"
-SUMMARY = "summary.json"
 
 
 def infer_kind(result, classifier: Classifier | None) -> str:
@@ -85,25 +83,9 @@ def save_explanation(result, images, out_dir: str, *, classifier: Classifier | N
                 target_kind=kind, success8=success[i, a], prob8=prob_after[i, a],
                 decision8=decision_after[i, a], original=images[i], quantised=quantised[i, a],
                 files=attempt_files[a]), names))
-    _write_text(os.path.join(out_dir, MANIFEST),
-                "".join(json.dumps(r, sort_keys=True) + "\n" for r in written))
-    _write_text(os.path.join(out_dir, SUMMARY), json.dumps(_summary(written), indent=2, sort_keys=True))
+    workdir_files.write_manifest(out_dir, written)
+    workdir_files.write_summary(out_dir, {**run_summary(written), "complete": True})
     results_table.write_results_csv(out_dir, written)
     if write_report:
         report.write_report(out_dir, class_names=names)
     return out_dir
-
-
-def _summary(written: list[dict[str, Any]]) -> dict[str, Any]:
-    from sce_jax.run import summarise  # the dataset run's summary, without its throughput
-
-    summary = summarise(written, elapsed=0.0, new_counterfactuals=0)
-    for key in ("counterfactuals_per_second", "elapsed_seconds"):
-        summary.pop(key, None)
-    summary["complete"] = True
-    return summary
-
-
-def _write_text(path: str, text: str) -> None:
-    with image_io.atomic_write(path, "w", encoding="utf-8") as f:
-        f.write(text)

@@ -9,7 +9,6 @@ nearest-neighbour pixels; a thin bar under a counterfactual is green where the r
 outcome is "found" and grey otherwise. Reads the workdir's manifest.jsonl and PNGs only.
 """
 
-import json
 import os
 import sys
 
@@ -21,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 from sce_jax import command_line  # noqa: E402
+from sce_jax import workdir as workdir_files  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished run's workdir (scripts/explain.py --workdir).")
 flags.DEFINE_string("out", None, "The PNG to write.")
@@ -38,8 +38,7 @@ def _tile(path: str, cell: int) -> np.ndarray:
 
 def figure(workdir: str, example_ids: list[int], cell: int) -> np.ndarray:
     """The figure as an (H, W, 3) uint8 array (see the module docstring)."""
-    with open(os.path.join(workdir, "manifest.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = workdir_files.read_manifest(workdir)
     ok = [r for r in records if r.get("status") == "ok"]
     ids = example_ids or sorted({r["example_id"] for r in ok})[:6]
     rows = []

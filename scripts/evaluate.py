@@ -27,6 +27,7 @@ if os.path.isdir(os.path.join(ROOT, "sce_jax")):
     sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 from sce_jax import command_line, evaluation, log_filter  # noqa: E402
+from sce_jax import workdir as workdir_files  # noqa: E402
 
 EXIT_USER_ERROR = 2
 
@@ -70,7 +71,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     for result in results:
-        logging.info("%s: %s", result["run"], os.path.join(result["workdir"], "report.html"))
+        logging.info("%s: %s", result["run"], os.path.join(result["workdir"], workdir_files.REPORT))
     print(f"table: {os.path.join(os.path.abspath(out_dir), FLAGS.table_name)}.md")
     return 0
 

@@ -70,6 +70,7 @@ if os.path.isdir(os.path.join(ROOT, "sce_jax")):
     sys.path.insert(0, ROOT)  # run from a checkout without installing
 
 from sce_jax import collectives, command_line, compilation_cache, distributed, run  # noqa: E402  (imports jax; starts no backend)
+from sce_jax import workdir as workdir_files  # noqa: E402
 
 EXIT_COMPLETE = 0
 EXIT_USER_ERROR = 2
@@ -165,7 +166,7 @@ def main(argv):
         return EXIT_COMPLETE if summary["complete"] else EXIT_STOPPED
     workdir = os.path.abspath(FLAGS.workdir)
     print(run_outcome(summary))
-    report = os.path.join(workdir, "report.html")
+    report = os.path.join(workdir, workdir_files.REPORT)
     if os.path.exists(report):
         print(f"report: {report}")
     if not summary["complete"]:

@@ -24,25 +24,25 @@ import pytest
 
 from sce_jax import image_io, run
 from tests import bad_input_corpus as corpus
-from tests import multiprocess_worker as worker
+from tests import run_helpers as helpers
 
 ENOSPC_FOLDER = os.path.join("images", "0000005")  # the second example of batch 3
 TIMEOUT = 240
 
 
 def tiny_config(checkpoints, source):
-    return worker.tiny_config(checkpoints, source, search__steps=2)
+    return helpers.tiny_config(checkpoints, source, search__steps=2)
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return worker.shared_fixtures(tmp_path_factory)  # models, config file, compilation cache
+def shared(run_fixtures):
+    return run_fixtures  # models, config file, compilation cache (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, tiny_checkpoints):
     folder = str(tmp_path_factory.mktemp("bad_inputs") / "odd")
-    return {"checkpoints": worker.shared_fixtures(tmp_path_factory)["checkpoints"],
+    return {"checkpoints": tiny_checkpoints,
             "folder": folder, "expected": corpus.write_odd_folder(folder)}
 
 
@@ -62,7 +62,7 @@ def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs,
     args = [f"--config={shared['config']}", f"--config.data.source={inputs['folder']}",
             f"--workdir={workdir}"]
     # the disk fills up while batch 3 (ids 4, 5) writes its images
-    code, _, err = worker.finish(worker.start(args, dict(shared["env"], SCE_TEST_ENOSPC=ENOSPC_FOLDER)),
+    code, _, err = helpers.finish(helpers.start(args, dict(shared["env"], SCE_TEST_ENOSPC=ENOSPC_FOLDER)),
                                  TIMEOUT)
     assert code == 2 and "Traceback" not in err, err[-4000:]
     message = err.strip().splitlines()[-1]
@@ -80,14 +80,14 @@ def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs,
         for relative in r["files"].values():
             assert image_io.read_png(os.path.join(workdir, relative)).dtype == np.uint8
 
-    code, _, err = worker.finish(worker.start(args, shared["env"]), TIMEOUT)
+    code, _, err = helpers.finish(helpers.start(args, shared["env"]), TIMEOUT)
     assert code == 0, err[-4000:]
     after = _snapshot(workdir)
     kept = ("parts",) + tuple(os.path.join("images", f"{i:07d}") for i in range(4))
     for name, (content, mtime) in before.items():  # the committed batches were left alone
         if name.startswith(kept):
             assert after[name] == (content, mtime), name
-    records = worker.read_manifest(workdir)
+    records = helpers.read_manifest(workdir)
     keys = [(r["example_id"], r["target"], r["attempt"]) for r in records]
     assert len(keys) == len(set(keys))
     assert [r for r in records if r["example_id"] < 4] == sorted(
@@ -189,7 +189,7 @@ def test_read_only_workdir_by_permissions(inputs, tmp_path):
 
 
 def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs, tmp_path):
-    config = worker.write_config_file(str(tmp_path / "config.py"), inputs["checkpoints"],
+    config = helpers.write_config_file(str(tmp_path / "config.py"), inputs["checkpoints"],
                                       inputs["folder"])
     workdir = str(tmp_path / "work")
     (tmp_path / "a_file").write_text("not a folder")
@@ -202,13 +202,13 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
         (["--config.search.learning_rate=nan"], "search config learning_rate=nan: must be a finite number"),
         (["--peer_timeout=0"], "--peer_timeout=0.0: must be a number of seconds > 0"),
     ]
-    env = worker.worker_env()
-    procs = [subprocess.Popen([sys.executable, worker.EXPLAIN, f"--config={config}",
+    env = helpers.worker_env()
+    procs = [subprocess.Popen([sys.executable, helpers.EXPLAIN, f"--config={config}",
                                f"--workdir={workdir}", *args], env=env, cwd=str(tmp_path),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for args, _ in cases]
     for proc, (args, message) in zip(procs, cases):
-        code, out, err = worker.finish(proc, TIMEOUT)
+        code, out, err = helpers.finish(proc, TIMEOUT)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2, (args, err)
         assert "Traceback" not in err, (args, err)

@@ -1,6 +1,6 @@
 """A run killed at any point resumes to exactly the results of an uninterrupted run.
 
-Every run here is ``scripts/explain.py`` in a subprocess (tests/multiprocess_worker.py), on
+Every run here is ``scripts/explain.py`` in a subprocess (tests/multiprocess_helpers.py), on
 9 tiny images (one corrupt) in 5 batches of 2. Hooks in the worker stop a run at a chosen
 point deterministically (before a batch's search, after its PNGs but before its part file,
 inside a PNG write); the test then kills it with SIGKILL or sends SIGTERM. The runs share a
@@ -15,14 +15,14 @@ import time
 import numpy as np
 import pytest
 
-from tests import multiprocess_worker as worker
+from tests import run_helpers as helpers
 
 TIMEOUT = 240  # seconds for any one run; a hang fails instead of blocking the suite
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return worker.shared_fixtures(tmp_path_factory)  # models, images, config, reference run
+def setup(run_fixtures):
+    return run_fixtures  # models, images, config, reference run (tests/conftest.py)
 
 
 def _start(setup, workdir, hook_dir=None, block=None, env=None):
@@ -32,11 +32,11 @@ def _start(setup, workdir, hook_dir=None, block=None, env=None):
         env["SCE_TEST_HOOK_DIR"] = str(hook_dir)
     if block:
         env["SCE_TEST_BLOCK"] = block
-    return worker.start([f"--config={setup['config']}", f"--workdir={workdir}"], env)
+    return helpers.start([f"--config={setup['config']}", f"--workdir={workdir}"], env)
 
 
 def _kill_when(proc, marker, delay=0.0):
-    worker.wait_for_file(str(marker), proc, TIMEOUT)
+    helpers.wait_for_file(str(marker), proc, TIMEOUT)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -64,7 +64,7 @@ def _temporaries(workdir):
 
 
 def _assert_same_as_reference(workdir, reference):
-    records, expected = worker.read_manifest(workdir), worker.read_manifest(reference)
+    records, expected = helpers.read_manifest(workdir), helpers.read_manifest(reference)
     keys = [(r["example_id"], r["target"], r["attempt"]) for r in records]
     assert len(keys) == len(set(keys)), "duplicate records in the manifest"
     assert records == expected
@@ -74,8 +74,8 @@ def _assert_same_as_reference(workdir, reference):
     attempts = {r["example_id"]: 1 if r["status"] == "skipped" else 2 for r in expected}
     assert per_example == attempts
     assert _temporaries(workdir) == []
-    assert worker.output_files(workdir) == worker.output_files(reference)
-    pixels, expected_pixels = worker.read_pngs(workdir), worker.read_pngs(reference)  # all decode
+    assert helpers.output_files(workdir) == helpers.output_files(reference)
+    pixels, expected_pixels = helpers.read_pngs(workdir), helpers.read_pngs(reference)  # all decode
     for name, value in expected_pixels.items():
         np.testing.assert_array_equal(pixels[name], value, err_msg=name)
     with open(os.path.join(workdir, "summary.json")) as f:
@@ -87,7 +87,7 @@ def test_killed_at_every_stage_then_resumed_equals_the_uninterrupted_run(setup, 
     workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
 
     # 1. SIGKILL while the first batch compiles (own empty cache, so it really compiles)
-    proc = _start(setup, workdir, hooks / "compile", env=worker.worker_env(str(tmp_path / "cold_cache")))
+    proc = _start(setup, workdir, hooks / "compile", env=helpers.worker_env(str(tmp_path / "cold_cache")))
     _kill_when(proc, hooks / "compile" / "search_started", delay=0.2)
     assert _committed_ids(workdir) == []
     assert not os.path.exists(os.path.join(workdir, "manifest.jsonl"))
@@ -112,7 +112,7 @@ def test_killed_at_every_stage_then_resumed_equals_the_uninterrupted_run(setup, 
     assert _committed_ids(workdir) == [0, 0, 1, 1]
 
     # 5. an uninterrupted rerun finishes: same records and images as a run never killed
-    code, out, err = worker.finish(_start(setup, workdir), TIMEOUT)
+    code, out, err = helpers.finish(_start(setup, workdir), TIMEOUT)
     assert code == 0, err[-4000:]
     assert "16 counterfactuals for 9 images (1 skipped)" in out
     _assert_same_as_reference(workdir, setup["reference"])
@@ -129,21 +129,21 @@ def test_sigint_finishes_the_batch_exits_75_and_the_rerun_completes(setup, tmp_p
     workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
     # Hold the run after batch 2's PNGs, press Ctrl-C there, then let it go on.
     proc = _start(setup, workdir, hooks, "part:2")
-    worker.wait_for_file(str(hooks / "blocked"), proc, TIMEOUT)
+    helpers.wait_for_file(str(hooks / "blocked"), proc, TIMEOUT)
     proc.send_signal(signal.SIGINT)
     (hooks / "release").write_text("")
-    code, _, err = worker.finish(proc, TIMEOUT)
+    code, _, err = helpers.finish(proc, TIMEOUT)
     assert code == 75, err[-4000:]
     assert "stopped on request before the end; rerun the same command to resume" in err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     # the batch in flight was committed, nothing after it was started
     assert _committed_ids(workdir) == [0, 0, 1, 1, 2, 2, 3]
-    records = worker.read_manifest(workdir)
+    records = helpers.read_manifest(workdir)
     assert sorted({r["example_id"] for r in records}) == [0, 1, 2, 3]
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f)["complete"] is False
 
-    code, _, err = worker.finish(_start(setup, workdir), TIMEOUT)
+    code, _, err = helpers.finish(_start(setup, workdir), TIMEOUT)
     assert code == 0, err[-4000:]
     _assert_same_as_reference(workdir, setup["reference"])
 
@@ -157,17 +157,17 @@ def test_sigterm_at_start_exits_75_and_during_the_last_batch_completes(setup, tm
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
-    code, _, err = worker.finish(proc, TIMEOUT)
+    code, _, err = helpers.finish(proc, TIMEOUT)
     assert code == 75, err[-4000:]
     assert "Traceback" not in err
     assert _committed_ids(workdir) == [0, 0, 1, 1]
 
     # SIGTERM while the last of the 4 remaining batches is written: nothing is left, exit 0
     proc = _start(setup, workdir, hooks, "part:4")
-    worker.wait_for_file(str(hooks / "blocked"), proc, TIMEOUT)
+    helpers.wait_for_file(str(hooks / "blocked"), proc, TIMEOUT)
     proc.send_signal(signal.SIGTERM)
     (hooks / "release").write_text("")
-    code, _, err = worker.finish(proc, TIMEOUT)
+    code, _, err = helpers.finish(proc, TIMEOUT)
     assert code == 0, err[-4000:]
     assert "rerun" not in err and "Traceback" not in err
     _assert_same_as_reference(workdir, setup["reference"])

@@ -18,8 +18,7 @@ from sce_jax.models.model_config import ConfigError
 from sce_jax.weights.strict import load_torch_state_dict_into
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
 from tests.torch_interop import (assert_close, nchw, nhwc,  # noqa: F401
-                                 numpy_state_dict, randomise_batch_norms,
-                                 single_torch_thread)
+                                 numpy_state_dict, randomise_batch_norms)
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sce_jax import Explainer, Generator
-from tests.test_search import small_config
+from tests.search_helpers import small_config
 from tests.toy_models import FACTOR, MIX, greenish_images, weighted_colour_classifier
 
 LEAK_GAIN = 10.0  # latent cell (3, 3) moves pixel block (0, 0) more than its own block

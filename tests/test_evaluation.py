@@ -28,7 +28,7 @@ from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
 from sce_jax.run_config import base_run_config
 from sce_jax.search.config import settings_from_config
 from sce_jax.weights.checkpoint import save_model
-from tests.multiprocess_worker import ROOT, read_manifest, shared_fixtures
+from tests.run_helpers import ROOT, read_manifest
 
 SIZE = 32  # the shipped Fashion-MNIST autoencoder's size (it is loaded, never built: fast)
 THRESHOLD, GAIN = 0.2, 40.0
@@ -124,8 +124,8 @@ def _png(workdir, relative):
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return shared_fixtures(tmp_path_factory)
+def shared(run_fixtures):
+    return run_fixtures  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +342,7 @@ def test_a_real_run_evaluates_in_agreement_with_its_manifest(shared, tmp_path):
         surrogate="", kid_subsets=2, plots=False))
     records = read_manifest(workdir)
     ok = [r for r in records if r["status"] == "ok"]
-    assert result["table"]["num_images"] == 9 and result["summary"]["num_images_skipped"] == 1
+    assert result["table"]["num_images"] == 9 and result["summary"]["num_skipped"] == 1
     assert result["table"]["num_counterfactuals"] == len(ok) == len(result["counterfactuals"])
     assert result["validity"]["agreement_with_manifest"] == 1.0
     assert result["table"]["flip_rate"] == pytest.approx(np.mean([r["success"] for r in ok]))

@@ -22,7 +22,7 @@ from sce_jax.priors.flux import flux_prior
 from sce_jax.weights.diffusers_dirs import DiffusersDirError
 from sce_jax.weights.strict import WeightMismatchError
 from tests.fast_compile import run_jitted
-from tests.torch_interop import assert_close, single_torch_thread  # noqa: F401
+from tests.torch_interop import assert_close
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

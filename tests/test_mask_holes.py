@@ -11,7 +11,7 @@ import numpy as np
 
 from sce_jax import Explainer
 from sce_jax.search import masks
-from tests.test_search import small_config
+from tests.search_helpers import small_config
 from tests.toy_models import greenish_images, toy_generator, weighted_colour_classifier
 
 

@@ -27,11 +27,35 @@ RECORDS = [
 def test_counts_and_rates_by_hand():
     s = metrics.summarise_records(RECORDS)
     assert (s["num_records"], s["num_counterfactuals"], s["num_skipped_records"]) == (5, 4, 1)
-    assert (s["num_images"], s["num_images_skipped"], s["num_valid"]) == (3, 1, 3)
-    assert s["validity"] == pytest.approx(3 / 4)              # 3 of the 4 ok records
-    assert s["validity_first_attempt"] == 1.0                  # attempts 0: both succeeded
+    assert (s["num_images"], s["num_skipped"], s["num_valid"]) == (3, 1, 3)
+    assert s["flip_rate"] == pytest.approx(3 / 4)              # 3 of the 4 ok records
+    assert s["flip_rate_first_attempt"] == 1.0                 # attempts 0: both succeeded
     assert s["images_with_valid"] == 1.0                       # images 0 and 1 (2 is skipped)
     assert s["non_adversarial_rate"] == pytest.approx(2 / 3)   # surrogate on the 3 successes
+
+
+def test_found_rates_leave_out_originals_near_the_boundary():
+    rows = [record(0, 0, True, near_boundary=False), record(0, 1, True, no_second_reason=True),
+            record(1, 0, True, near_boundary=True), record(1, 1, False, near_boundary=True),
+            record(2, 0, False), record(2, 1, True)]
+    s = metrics.summarise_records(rows)
+    assert (s["num_near_boundary"], s["num_no_second_reason"]) == (1, 1)
+    # found = success, not near the boundary, not a rejected background spot; image 1 left out
+    assert s["found_rate"] == pytest.approx(2 / 4)
+    assert s["found_rate_first_attempt"] == pytest.approx(1 / 2)
+    assert s["flip_rate"] == pytest.approx(4 / 6)
+
+
+def test_run_summary_is_summarise_records_plus_the_run_means():
+    s = metrics.run_summary(RECORDS)
+    full = metrics.summarise_records(RECORDS)
+    assert set(s) == set(metrics.summary.RUN_FIGURES) | set(metrics.summary.RUN_MEANS)
+    assert all(s[k] == full[k] for k in metrics.summary.RUN_FIGURES)
+    assert s["num_skipped"] == 1 and s["flip_rate"] == pytest.approx(3 / 4)
+    assert s["mean_pixel_l1"] == pytest.approx(0.2)     # successful only, the missing one skipped
+    assert s["mean_latent_l1"] is None                  # no record has it
+    steps = [dict(r, steps=n) for r, n in zip(RECORDS[:4], (10, 20, 30, 40))] + RECORDS[4:]
+    assert metrics.run_summary(steps)["mean_steps"] == pytest.approx(25.0)  # over every attempt
 
 
 def test_metrics_over_successful_counterfactuals_skip_nans():
@@ -65,7 +89,7 @@ def test_summary_is_strict_json():
 
 def test_empty_and_all_skipped_runs():
     s = metrics.summarise_records(RECORDS[-1:])
-    assert (s["num_images"], s["num_images_skipped"], s["validity"]) == (1, 1, None)
+    assert (s["num_images"], s["num_skipped"], s["flip_rate"]) == (1, 1, None)
     assert s["metrics"] == {}
     assert metrics.summarise_values([math.inf, None])["count"] == 0
 

@@ -21,7 +21,7 @@ import pytest
 
 from sce_jax import distributed
 from sce_jax.distributed import DistributedSetup, DistributedSetupError, resolve_setup
-from tests import multiprocess_worker as worker
+from tests import run_helpers as helpers
 
 TIMEOUT = 300
 
@@ -33,19 +33,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    shared = worker.shared_fixtures(tmp_path_factory)
+def runs(tmp_path_factory, run_fixtures):
+    shared = run_fixtures
     multi = str(tmp_path_factory.mktemp("multiprocess") / "run")
     # 9 examples: process 0 gets ids 0, 2, 4, 6, 8 (2 batches of 4), process 1 ids 1, 3, 5, 7
     # (1 batch, then an all-padding batch to keep the collectives in step); id 3 is corrupt.
     port = _free_port()
-    procs = [worker.start([f"--config={shared['config']}", f"--workdir={multi}",
+    procs = [helpers.start([f"--config={shared['config']}", f"--workdir={multi}",
                            "--config.batch_size=4", f"--coordinator_address=127.0.0.1:{port}",
                            "--num_processes=2", f"--process_id={p}",
-                           "--cpu_devices_per_process=2"], worker.worker_env())
+                           "--cpu_devices_per_process=2"], helpers.worker_env())
              for p in range(2)]
     try:
-        results = [worker.finish(proc, TIMEOUT) for proc in procs]
+        results = [helpers.finish(proc, TIMEOUT) for proc in procs]
     finally:
         for proc in procs:  # a process left waiting for its peer must not outlive the test
             if proc.poll() is None:
@@ -67,18 +67,18 @@ def _same_record(a, b):
 
 def test_two_processes_reproduce_the_single_process_run(runs):
     single, multi, results = runs
-    records, expected = worker.read_manifest(multi), worker.read_manifest(single)
+    records, expected = helpers.read_manifest(multi), helpers.read_manifest(single)
     assert len(records) == len(expected) == 17
     for a, b in zip(expected, records):
         _same_record(a, b)
-    assert worker.output_files(multi) == worker.output_files(single)
-    reference_pixels = worker.read_pngs(single)
-    for name, pixels in worker.read_pngs(multi).items():
+    assert helpers.output_files(multi) == helpers.output_files(single)
+    reference_pixels = helpers.read_pngs(single)
+    for name, pixels in helpers.read_pngs(multi).items():
         assert np.abs(pixels.astype(int) - reference_pixels[name]).max() <= 1, name
     summaries = []
     for workdir in (single, multi):
         with open(os.path.join(workdir, "summary.json")) as f:
-            summaries.append({k: v for k, v in json.load(f).items() if k not in worker.TIMING_FIELDS})
+            summaries.append({k: v for k, v in json.load(f).items() if k not in helpers.TIMING_FIELDS})
     _same_record(summaries[0], summaries[1])
     assert summaries[1]["num_images"] == 9 and summaries[1]["num_skipped"] == 1
     # process 0 prints the result; process 1 does not repeat it
@@ -145,16 +145,16 @@ def test_slurm_and_auto_detected_clusters():
 
 def _start_processes(shared, workdir, extra=(), count=2, env=None, port=None):
     port = port or _free_port()
-    return [worker.start([f"--config={shared['config']}", f"--workdir={workdir}",
+    return [helpers.start([f"--config={shared['config']}", f"--workdir={workdir}",
                           f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={count}",
                           f"--process_id={p}", "--cpu_devices_per_process=1", *extra_p],
-                         (env or {}).get(p, worker.worker_env()))
+                         (env or {}).get(p, helpers.worker_env()))
             for p, extra_p in enumerate(extra or [()] * count)]
 
 
 def _finish_all(procs):
     try:
-        return [worker.finish(proc, TIMEOUT) for proc in procs]
+        return [helpers.finish(proc, TIMEOUT) for proc in procs]
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -168,9 +168,9 @@ def _last_line(err):
     return lines[-1]
 
 
-def test_processes_that_cannot_agree_fail_cleanly(tmp_path_factory, tmp_path):
+def test_processes_that_cannot_agree_fail_cleanly(run_fixtures, tmp_path):
     """Each case once hung (> 400 s) or aborted; now every process ends with one error line."""
-    shared = worker.shared_fixtures(tmp_path_factory)
+    shared = run_fixtures
     (tmp_path / "a_file").write_text("not a folder")
     alone = _start_processes(shared, str(tmp_path / "alone"), [("--peer_timeout=5",)])
     mismatch = _start_processes(shared, str(tmp_path / "mismatch"),
@@ -191,15 +191,15 @@ def test_processes_that_cannot_agree_fail_cleanly(tmp_path_factory, tmp_path):
     assert _last_line(err1).startswith("error: process 0 stopped before any work: the workdir ")
 
 
-def test_a_dead_process_ends_the_others_with_a_clean_error(tmp_path_factory, tmp_path):
-    shared = worker.shared_fixtures(tmp_path_factory)
+def test_a_dead_process_ends_the_others_with_a_clean_error(run_fixtures, tmp_path):
+    shared = run_fixtures
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     # process 1 holds before its second batch's search; process 0 goes on and waits for it
-    env = {1: worker.worker_env(SCE_TEST_HOOK_DIR=str(hooks), SCE_TEST_BLOCK="search:2")}
+    env = {1: helpers.worker_env(SCE_TEST_HOOK_DIR=str(hooks), SCE_TEST_BLOCK="search:2")}
     procs = _start_processes(shared, str(tmp_path / "run"), [("--peer_timeout=20",)] * 2,
                              env=env)
-    worker.wait_for_file(str(hooks / "blocked"), procs[1], TIMEOUT)
+    helpers.wait_for_file(str(hooks / "blocked"), procs[1], TIMEOUT)
     procs[1].kill()
     (code, _, err), _ = _finish_all(procs)
     assert code == 69, err[-4000:]

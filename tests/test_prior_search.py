@@ -19,7 +19,7 @@ from sce_jax import Explainer
 from sce_jax.prior import Prior
 from sce_jax.search import config as search_config
 from sce_jax.search import prior_step
-from tests.test_search import small_config
+from tests.search_helpers import small_config
 from tests.toy_models import greenish_images, mean_colour_classifier, toy_generator
 
 VARIANCES = np.array([1.0, 1.0, 0.0], np.float32)  # the data never uses latent channel 2

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sce_jax import record_names, results_table, run_throughput
+from sce_jax import record_names, results_table, run_throughput, workdir
 
 NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress")
 
@@ -47,15 +47,16 @@ def test_results_csv_has_the_main_columns(tmp_path):
 
 
 def test_a_rerun_without_work_keeps_the_throughput_of_the_runs_that_did_it(tmp_path):
-    path = str(tmp_path / "summary.json")
-    first = run_throughput.carry_over(path, {"elapsed_seconds": 20.0, "flip_rate": 0.5}, produced=40)
+    first = run_throughput.carry_over(None, {"elapsed_seconds": 20.0, "flip_rate": 0.5}, produced=40)
     assert first["counterfactuals_per_second"] == pytest.approx(2.0)
-    (tmp_path / "summary.json").write_text(json.dumps(first))
-    rerun = run_throughput.carry_over(path, {"elapsed_seconds": 0.0003, "flip_rate": 0.5}, produced=0)
+    workdir.write_summary(str(tmp_path), first)
+    rerun = run_throughput.carry_over(workdir.read_summary(str(tmp_path)),
+                                      {"elapsed_seconds": 0.0003, "flip_rate": 0.5}, produced=0)
     assert rerun["counterfactuals_per_second"] == pytest.approx(2.0)
     assert rerun["elapsed_seconds"] == pytest.approx(20.0) and len(rerun["runs"]) == 1
-    (tmp_path / "summary.json").write_text(json.dumps(rerun))
-    resumed = run_throughput.carry_over(path, {"elapsed_seconds": 10.0}, produced=10)
+    workdir.write_summary(str(tmp_path), rerun)
+    resumed = run_throughput.carry_over(workdir.read_summary(str(tmp_path)),
+                                        {"elapsed_seconds": 10.0}, produced=10)
     assert [r["counterfactuals"] for r in resumed["runs"]] == [40, 10]
     assert resumed["counterfactuals_per_second"] == pytest.approx(50 / 30)
     assert resumed["runs"][1]["counterfactuals_per_second"] == pytest.approx(1.0)
@@ -64,7 +65,8 @@ def test_a_rerun_without_work_keeps_the_throughput_of_the_runs_that_did_it(tmp_p
 def test_a_summary_written_before_runs_were_listed_counts_as_one_run(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"counterfactuals_per_second": 0.5,
                                                        "elapsed_seconds": 80.0}))
-    carried = run_throughput.carry_over(str(tmp_path / "summary.json"), {"elapsed_seconds": 0.001}, 0)
+    carried = run_throughput.carry_over(workdir.read_summary(str(tmp_path)),
+                                        {"elapsed_seconds": 0.001}, 0)
     assert carried["runs"] == [{"counterfactuals": 40, "elapsed_seconds": 80.0,
                                 "counterfactuals_per_second": 0.5}]
     assert carried["counterfactuals_per_second"] == pytest.approx(0.5)

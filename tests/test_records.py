@@ -58,7 +58,6 @@ def test_attempt_quality_figures():
                "background_spot": np.asarray([False, False, False, True])}
     q = desiderata.attempt_quality(produced, valid, per_row)
     assert q["near_boundary_images"] == 0.5
-    assert q["found_rate_first_attempt"] == 1.0          # image 1 is left out: near the boundary
     assert q["no_second_reason_rate"] == 0.5
     assert q["later_background_share"] == pytest.approx(0.8)  # valid later attempts: row 3
     assert q["later_spot_rate"] == 1.0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sce_jax import image_io, report
+from sce_jax.workdir import WorkdirReadError
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress")
 
@@ -147,14 +148,14 @@ def test_missing_image_and_incomplete_run_are_said(workdir):
 
 
 def test_bad_manifests_raise_clear_errors(tmp_path):
-    with pytest.raises(report.ReportError) as e:
+    with pytest.raises(WorkdirReadError) as e:
         report.write_report(str(tmp_path))
-    assert str(e.value) == f"{tmp_path / 'manifest.jsonl'} does not exist: no manifest to report on"
+    assert str(e.value) == f"{tmp_path / 'manifest.jsonl'} does not exist: no manifest to read"
     (tmp_path / "manifest.jsonl").write_text('{"example_id": 1, "status": "skipped"}\n{oops\n')
-    with pytest.raises(report.ReportError, match=r"manifest.jsonl line 2: not valid JSON"):
+    with pytest.raises(WorkdirReadError, match=r"manifest.jsonl line 2: not valid JSON"):
         report.write_report(str(tmp_path))
     (tmp_path / "manifest.jsonl").write_text('[1, 2]\n')
-    with pytest.raises(report.ReportError, match=r"line 1: expected a JSON object with an 'example_id'"):
+    with pytest.raises(WorkdirReadError, match=r"line 1: expected a JSON object with an 'example_id'"):
         report.write_report(str(tmp_path))
 
 

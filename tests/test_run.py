@@ -5,28 +5,18 @@ import os
 
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
 from sce_jax import run
-from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
 from sce_jax.run_config import RunConfigError
-from sce_jax.weights.checkpoint import save_model
-from tests import multiprocess_worker as worker
+from tests import run_helpers as helpers
 
 TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds", "runs")  # differ run to run
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    ae = AutoencoderKL(AutoencoderKLConfig(
-        in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4, norm_num_groups=4, mid_block_add_attention=False), rngs=nnx.Rngs(0))
-    clf = SmallCNN(SmallCNNConfig(in_channels=1, num_classes=3, widths=(4, 8)), rngs=nnx.Rngs(1))
-    return save_model(ae, root / "ae"), save_model(clf, root / "clf")
+def checkpoints(tiny_checkpoints):
+    return tiny_checkpoints  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +30,7 @@ def image_folder(tmp_path_factory):
 
 
 def tiny_config(checkpoints, source):
-    return worker.tiny_config(checkpoints, source, search__steps=4, output__report=True)
+    return helpers.tiny_config(checkpoints, source, search__steps=4, output__report=True)
 
 
 def _manifest(workdir):
@@ -80,7 +70,7 @@ def test_run_by_class_name_says_what_it_does_and_records_names(checkpoints, imag
     loading/compiling messages before the progress line."""
     import csv
 
-    config = worker.tiny_config(checkpoints, image_folder, search__steps=2, search__attempts=1,
+    config = helpers.tiny_config(checkpoints, image_folder, search__steps=2, search__attempts=1,
                                 output__report=False, classifier__class_names=("cat", "dog", "owl"),
                                 targets__kind="class", targets__class_name="Owl")
     workdir = str(tmp_path / "run")
@@ -173,7 +163,8 @@ def test_csv_targets_over_a_padded_batch_with_an_empty_target(checkpoints, image
 def test_resume_with_a_changed_input_set_is_refused(checkpoints, image_folder, tmp_path):
     import shutil
 
-    from sce_jax.run_inputs import INPUTS_FILE, InputSetChangedError
+    from sce_jax.run_inputs import InputSetChangedError
+    from sce_jax.workdir import INPUTS as INPUTS_FILE
 
     folder = tmp_path / "images"
     shutil.copytree(image_folder, folder)

@@ -30,8 +30,6 @@ from tests.fast_compile import run_jitted
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
-from tests.torch_interop import single_torch_thread  # noqa: E402,F401  (autouse fixture)
-
 pytestmark = pytest.mark.torch
 
 TOL = 1e-4  # max abs error relative to max(1, max |expected|), float32

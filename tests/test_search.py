@@ -10,27 +10,9 @@ from sce_jax import Explainer
 from sce_jax.search import config as search_config
 from sce_jax.search import smoothing
 from sce_jax.search.smoothing import StepInputs
+from tests.search_helpers import plain_objective, small_config
 from tests.toy_models import (greenish_images, mean_colour_classifier, toy_generator,
                               weighted_colour_classifier)
-
-
-def small_config(**overrides):
-    c = sce_jax.default_search_config()
-    c.steps = 60
-    c.learning_rate = 0.05
-    c.attempts = 1
-    c.goal_probability = 0.0  # the toy answers are about reaching the decision
-    c.smoothing.num_samples = 4
-    c.smoothing.sigma = 0.02
-    c.mask.warmup_steps = 3
-    c.mask.period = 2
-    for key, value in overrides.items():
-        target = c
-        *path, leaf = key.split(".")
-        for p in path:
-            target = target[p]
-        target[leaf] = value
-    return c
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +55,7 @@ def test_sigma_zero_single_sample_is_the_plain_gradient(generator, space):
     z = inp.z0 + 0.05 * jax.random.normal(jax.random.key(1), inp.z0.shape)
     fns = dict(decode=generator.decode, logits_fn=clf.logits, settings=settings, kind="class")
     out = smoothing.objective_gradient(z, 0, inp, **fns)
-    reference = jax.grad(smoothing.plain_objective)(z, inp, **fns)
+    reference = jax.grad(plain_objective)(z, inp, **fns)
     if space == "pixel":  # the same operations in the same order: bit for bit
         np.testing.assert_array_equal(np.asarray(out.grad), np.asarray(reference))
     else:  # the pixel-L1 cotangent is pulled back separately: equal up to rounding

@@ -78,7 +78,7 @@ def test_shipped_classifiers_match_their_recorded_accuracy(demo):
 
 
 def test_fashion_mnist_demo_config_runs_on_the_shipped_files(tmp_path):
-    from sce_jax import run
+    from sce_jax import run, workdir
     from sce_jax.config_files import load_config_module
 
     module = load_config_module(os.path.join(
@@ -87,7 +87,7 @@ def test_fashion_mnist_demo_config_runs_on_the_shipped_files(tmp_path):
     config.output.report = False
     summary = run.explain_dataset(config, str(tmp_path / "run"))
     assert summary["complete"] and summary["num_images"] == 4 and summary["num_skipped"] == 0
-    records = run.read_records(str(tmp_path / "run"))
+    records = workdir.read_part_records(str(tmp_path / "run"))
     assert len(records) == 4 * config.search.attempts
     for r in records:  # "other": the target is to leave the predicted class
         assert r["status"] == "ok" and r["target"] == r["prediction"]

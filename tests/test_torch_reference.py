@@ -24,10 +24,11 @@ from flax import nnx
 import sce_jax
 from sce_jax import Classifier, Explainer, Generator, Preprocessing
 from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-from sce_jax.search import masks, objectives, smoothing, targets, updates
+from sce_jax.search import masks, objectives, targets, updates
 from sce_jax.search.config import settings_from_config
 from sce_jax.search.smoothing import StepInputs
 from sce_jax.weights.strict import load_torch_state_dict_into
+from tests.search_helpers import plain_objective
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -200,7 +201,7 @@ def test_smoothed_gradients_with_zero_noise_are_the_plain_gradient(models):
         fns = dict(decode=gen.decode, logits_fn=clf.logits, settings=settings, kind="class")
         x_cf = objectives.compose_output(inp.x, gen.decode(z_), inp.decoded0, inp.mask,
                                          mode="residual")
-        return jax.grad(smoothing.plain_objective)(z_, inp, **fns), x_cf, clf.logits(x_cf)
+        return jax.grad(plain_objective)(z_, inp, **fns), x_cf, clf.logits(x_cf)
 
     grad, x_cf, logits = reference(jnp.asarray(_nhwc(z)))
     scale = float(np.max(np.abs(grad)))

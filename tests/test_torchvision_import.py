@@ -20,8 +20,6 @@ from sce_jax.weights.torch_layout import nnx_to_torch_state_dict, tensor_rules
 from sce_jax.weights.torchvision_import import (ArchitectureMismatchError, describe_architecture,
                                                 infer_num_classes, infer_torchvision_config,
                                                 load_torchvision_classifier)
-from tests.torch_interop import single_torch_thread  # noqa: F401
-
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.torch

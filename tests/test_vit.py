@@ -17,7 +17,7 @@ from sce_jax.weights.torchvision_import import (ArchitectureMismatchError, descr
                                                 infer_torchvision_config,
                                                 load_torchvision_classifier)
 from tests.fast_compile import run_jitted
-from tests.torch_interop import assert_close, nchw, single_torch_thread  # noqa: F401
+from tests.torch_interop import assert_close, nchw
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

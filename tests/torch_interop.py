@@ -1,19 +1,8 @@
-"""Shared pieces of the parity tests against PyTorch: layout conversion, torch threads and
-batch-norm statistics worth testing."""
+"""Shared pieces of the parity tests against PyTorch: layout conversion and batch-norm
+statistics worth testing (one torch thread per module: tests/conftest.py)."""
 
 import numpy as np
-import pytest
 import torch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """torch with one intra-op thread while this module runs: on inputs this small its thread
-    pool costs far more than it saves (and competes with XLA's threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def numpy_state_dict(module):

@@ -149,7 +149,6 @@ def attempt_quality(produced: Sequence[Mapping], valid: np.ndarray,
 
     - ``near_boundary_images``: share of images whose original was already within the
       search's boundary margin (their counterfactuals are not explanations);
-    - ``found_rate_first_attempt``: valid first attempts among originals not near the boundary;
     - ``later_background_share``: mean share of the change in empty background over valid
       attempts after the first (spots painted beside the object push it up);
     - ``later_spot_rate``: share of valid later attempts whose change is a background spot;
@@ -157,16 +156,13 @@ def attempt_quality(produced: Sequence[Mapping], valid: np.ndarray,
       no second reason (it rejected a spot).
     """
     attempt = np.asarray([int(r.get("attempt", 0)) for r in produced], np.int64)
-    near = np.asarray([bool(r.get("near_boundary", False)) for r in produced], bool)
     later = attempt > 0
-    first_far = (attempt == 0) & ~near
 
     def mean(values, where):
         return float(np.mean(values[where])) if np.any(where) else None
 
     images = {r["example_id"]: bool(r.get("near_boundary", False)) for r in produced}
     out = {"near_boundary_images": float(np.mean(list(images.values()))) if images else None,
-           "found_rate_first_attempt": mean(valid, first_far),
            "no_second_reason_rate": mean(np.asarray([bool(r.get("no_second_reason", False))
                                                      for r in produced], bool), later)}
     if "background_share" in per_row:

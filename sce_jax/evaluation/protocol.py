@@ -41,14 +41,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from sce_jax import image_io, metrics, record_names, report
+from sce_jax import metrics, record_names, report
+from sce_jax import workdir as workdir_files
 from sce_jax.evaluation import desiderata, factors, models, plots, tables
 from sce_jax.evaluation.run_outputs import (EvaluationError, RunOutputs, attempt_groups,
                                             check_workdir, read_run)
 
-FOLDER = report.EVALUATION
-METRICS = "metrics.json"
-PER_COUNTERFACTUAL = "counterfactuals.jsonl"
+FOLDER = workdir_files.EVALUATION
+METRICS = workdir_files.EVALUATION_METRICS
+PER_COUNTERFACTUAL = workdir_files.EVALUATION_RECORDS
 # Per-counterfactual numbers summarised over the valid (and over all) counterfactuals.
 DISTANCE_FIELDS = ("pixel_l1", "pixel_l2", "latent_l1", "latent_l2", "search_latent_l1",
                    "search_latent_l2", "changed_fraction", "hoyer")
@@ -101,9 +102,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json(path: str, value: Any) -> None:
-    with image_io.atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(value), f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
+    workdir_files.write_text(path, json.dumps(_jsonable(value), indent=2, sort_keys=True,
+                                              allow_nan=False) + "\n")
 
 
 def _class_names(config) -> tuple[str, ...]:
@@ -222,9 +222,10 @@ def _table_row(name: str, n: int, summary, fields, diversity, realism, non_adver
                ground_truth) -> dict[str, Any]:
     """The run's line of the comparison table (keys: :data:`tables.COLUMNS` and gt_*)."""
     table = {"run": name, "num_images": summary["num_images"], "num_counterfactuals": n,
-             "flip_rate": summary["validity"],
-             "flip_rate_first_attempt": summary["validity_first_attempt"],
+             "flip_rate": summary["flip_rate"],
+             "flip_rate_first_attempt": summary["flip_rate_first_attempt"],
              "images_with_valid": summary["images_with_valid"],
+             "found_rate_first_attempt": summary["found_rate_first_attempt"],
              **{f: _mean(summary, f) for f in DISTANCE_FIELDS if f in fields},
              **{f: diversity[f]["mean"] for f in DIVERSITY_FIELDS},
              "fid": realism.get("fid"), "kid": realism.get("kid"),
@@ -294,7 +295,7 @@ def evaluate_run(run: RunOutputs, options: EvaluationOptions = EvaluationOptions
     return _jsonable({
         "workdir": run.workdir, "run": run.name,
         "table": table,
-        "validity": {"flip_rate": summary["validity"], "num_valid": summary["num_valid"],
+        "validity": {"flip_rate": summary["flip_rate"], "num_valid": summary["num_valid"],
                      "agreement_with_manifest": agreement,
                      "goal_probability": float(run.config.search.get("goal_probability", 0.0)),
                      "per_target": desiderata.flip_rate_per_class(targets, valid)},
@@ -313,8 +314,8 @@ def _write_outputs(run: RunOutputs, result: dict[str, Any], options: EvaluationO
     folder = os.path.join(run.workdir, FOLDER)
     os.makedirs(folder, exist_ok=True)
     rows = result["counterfactuals"]
-    with image_io.atomic_write(os.path.join(folder, PER_COUNTERFACTUAL), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, sort_keys=True, allow_nan=False) + "\n" for row in rows)
+    workdir_files.write_text(os.path.join(folder, PER_COUNTERFACTUAL), "".join(
+        json.dumps(row, sort_keys=True, allow_nan=False) + "\n" for row in rows))
     _write_json(os.path.join(folder, METRICS), {k: v for k, v in result.items() if k != "counterfactuals"})
     if options.plots and rows:
         valid = np.asarray([row["success"] for row in rows], bool)
@@ -329,7 +330,8 @@ def _write_outputs(run: RunOutputs, result: dict[str, Any], options: EvaluationO
         logging.info("%s: wrote %s", run.name, ", ".join(os.path.basename(p) for p in written))
     output = run.config.get("output", {})
     if options.update_report and (output.get("report", False)
-                                  or os.path.exists(os.path.join(run.workdir, report.REPORT))):
+                                  or os.path.exists(os.path.join(run.workdir,
+                                                                 workdir_files.REPORT))):
         report.write_report(run.workdir, class_names=_class_names(run.config) or None,
                             max_examples=int(output.get("report_max_examples", 200)))
 

@@ -1,9 +1,10 @@
 """A finished run's outputs, read back for evaluation: records, config and the 8-bit images.
 
-A run workdir (``scripts/explain.py``, :mod:`sce_jax.run`) holds ``manifest.jsonl``,
-``run_config.json`` and ``images/<id>/`` with ``original.png`` and one ``cf_t<t>_a<a>.png`` per
-counterfactual. :func:`read_run` returns them as arrays in [0, 1], one row per produced
-counterfactual (manifest status ``"ok"``), in manifest order (example id, target, attempt);
+A run workdir (``scripts/explain.py``, :mod:`sce_jax.run`; the format: :mod:`sce_jax.workdir`)
+holds ``manifest.jsonl``, ``run_config.json`` and ``images/<id>/`` with ``original.png`` and
+one ``cf_t<t>_a<a>.png`` per counterfactual. :func:`read_run` returns them as arrays in
+[0, 1], one row per produced counterfactual (manifest status ``"ok"``), in manifest order
+(example id, target, attempt);
 ``originals[i]`` is the written original of ``records[i]``. The images are the written files,
 so every metric judges what a user gets, not the search's float images.
 """
@@ -11,17 +12,14 @@ so every metric judges what a user gets, not the search's float images.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from typing import Any
 
 import ml_collections
 import numpy as np
 
-from sce_jax import image_io, report
-
-MANIFEST = "manifest.jsonl"
-RUN_CONFIG = "run_config.json"
+from sce_jax import image_io
+from sce_jax import workdir as workdir_files
+from sce_jax.workdir import MANIFEST, RUN_CONFIG, Record
 
 
 class EvaluationError(ValueError):
@@ -42,9 +40,9 @@ class RunOutputs:
     """
 
     workdir: str
-    records: list[dict[str, Any]]
+    records: list[Record]
     config: ml_collections.ConfigDict
-    produced: list[dict[str, Any]]
+    produced: list[Record]
     originals: np.ndarray
     counterfactuals: np.ndarray
 
@@ -68,12 +66,11 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     """``run_config.json`` as a ConfigDict (tuples come back as lists)."""
     path = os.path.join(workdir, RUN_CONFIG)
     try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvaluationError(f"{path}: cannot be read as JSON ({e})") from None
-    if not isinstance(values, dict):
-        raise EvaluationError(f"{path}: expected a JSON object")
+        values = workdir_files.read_run_config(workdir)
+    except workdir_files.WorkdirReadError as e:
+        raise EvaluationError(str(e)) from None
+    if values is None:
+        raise EvaluationError(f"{path} does not exist: no run config to evaluate with")
     for key in ("data", "generator", "classifier", "search"):
         if not isinstance(values.get(key), dict):
             raise EvaluationError(f"{path}: has no {key!r} section; not a run config of "
@@ -81,7 +78,7 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
-def _read_image(workdir: str, record: dict[str, Any], kind: str) -> np.ndarray:
+def _read_image(workdir: str, record: Record, kind: str) -> np.ndarray:
     relative = (record.get("files") or {}).get(kind)
     if not relative:
         raise EvaluationError(f"{workdir}: the record of example {record['example_id']}, target "
@@ -105,8 +102,8 @@ def read_run(workdir: str) -> RunOutputs:
     if problem:
         raise EvaluationError(problem)
     try:
-        records = report.read_manifest(os.path.join(workdir, MANIFEST))
-    except report.ReportError as e:
+        records = workdir_files.read_manifest(workdir)
+    except workdir_files.WorkdirReadError as e:
         raise EvaluationError(str(e)) from None
     config = read_run_config(workdir)
     produced = [r for r in records if r.get("status") == "ok"]
@@ -126,7 +123,7 @@ def read_run(workdir: str) -> RunOutputs:
     return RunOutputs(workdir, records, config, produced, stack(originals), stack(counterfactuals))
 
 
-def attempt_groups(produced: list[dict[str, Any]]) -> list[list[int]]:
+def attempt_groups(produced: list[Record]) -> list[list[int]]:
     """Row indices of the K attempts of each (example, target), attempts in order."""
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, r in enumerate(produced):

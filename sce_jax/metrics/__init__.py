@@ -8,7 +8,7 @@
 - :mod:`~sce_jax.metrics.non_adversarial`: agreement of an independent surrogate classifier.
 - :mod:`~sce_jax.metrics.ground_truth`: which known factor a counterfactual moved.
 - :mod:`~sce_jax.metrics.cout`, :mod:`~sce_jax.metrics.mnac`: the DiME/ACE protocol metrics.
-- :mod:`~sce_jax.metrics.summary`: run-level summary of manifest records.
+- :mod:`~sce_jax.metrics.summary`: run-level summary of manifest records (``summary.json``).
 
 Images are ``(..., H, W, C)`` in [0, 1]. LPIPS is not provided yet (it needs its weights).
 """
@@ -24,7 +24,7 @@ from sce_jax.metrics.realism import (KID, GaussianStatistics, compute_features, 
                                      frechet_distance, gaussian_statistics, kid, mmd2_unbiased,
                                      polynomial_kernel, trace_sqrt_product)
 from sce_jax.metrics.sparsity import changed_fraction, hoyer_sparsity, sparsity
-from sce_jax.metrics.summary import summarise_records, summarise_values
+from sce_jax.metrics.summary import run_summary, summarise_records, summarise_values
 from sce_jax.metrics.validity import flip_rate, quantise_8bit, reaches_target, validity
 
 __all__ = [
@@ -33,6 +33,6 @@ __all__ = [
     "flip_rate", "frechet_distance", "gaussian_statistics", "hoyer_sparsity", "kid",
     "l1_distance", "l2_distance", "map_in_batches", "mmd2_unbiased", "mnac",
     "non_adversarial_rate", "polynomial_kernel", "proximity", "quantise_8bit", "reaches_target",
-    "sparsity", "summarise_records", "summarise_values", "surrogate_flips",
+    "run_summary", "sparsity", "summarise_records", "summarise_values", "surrogate_flips",
     "trace_sqrt_product", "transition_curves", "validity",
 ]

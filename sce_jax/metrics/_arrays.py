@@ -26,11 +26,3 @@ def require_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> tuple[int, .
     if sa != sb:
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {sa} and {sb}")
     return sa
-
-
-def require_leading(name: str, x: Any, leading: tuple[int, ...], meaning: str) -> None:
-    """Raises ``ValueError`` unless the first dimensions of ``x`` are ``leading``."""
-    shape = shape_of(x)
-    if shape[:len(leading)] != tuple(leading):
-        raise ValueError(f"{name} must start with dimensions {tuple(leading)} ({meaning}), "
-                         f"got shape {shape}")

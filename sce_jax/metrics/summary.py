@@ -1,14 +1,26 @@
 """The run summary: per-counterfactual records (manifest rows) reduced to run-level numbers.
 
-A record is a dict as in ``manifest.jsonl``: ``example_id``, ``status`` (``"ok"`` or a skip),
-``attempt``, ``success`` (valid on the 8-bit image) and any numeric metric fields
-(``pixel_l1``, ``latent_l2``, ``changed_fraction``, ``hoyer``, ``cout``, ...). Records whose
-status is not ``"ok"`` are counted and otherwise left out.
+One function per figure, one name per figure, for the run's ``summary.json``
+(:func:`run_summary`), :func:`sce_jax.save_explanation` and the evaluation's ``metrics.json``
+(:func:`summarise_records`).
 
-Rates (over the ``"ok"`` records):
+A record is a dict as in ``manifest.jsonl`` (:class:`sce_jax.workdir.Record`): ``example_id``,
+``status`` (``"ok"`` or a skip), ``attempt``, ``success`` (the target decision on the 8-bit
+image), ``near_boundary``, ``no_second_reason`` and any numeric metric fields (``pixel_l1``,
+``latent_l2``, ``changed_fraction``, ``hoyer``, ``cout``, ...). Records whose status is not
+``"ok"`` are counted and otherwise left out.
 
-    validity                   = mean(success)
-    validity_first_attempt     = mean(success | attempt = 0)
+Counts: ``num_images`` (distinct example ids), ``num_skipped`` (images without any
+counterfactual: every record of theirs is a skip), ``num_counterfactuals`` (``"ok"`` records),
+``num_valid``, ``num_near_boundary`` (images whose original was within the search's boundary
+margin), ``num_no_second_reason``. Rates (over the ``"ok"`` records; None when there are none):
+
+    flip_rate                  = mean(success)                              (metrics.flip_rate)
+    flip_rate_first_attempt    = mean(success | attempt = 0)
+    found_rate                 = mean(found | not near_boundary),   found = success and not
+                                 near_boundary and not no_second_reason (the record's
+                                 outcome "found")
+    found_rate_first_attempt   = mean(found | not near_boundary, attempt = 0)
     images_with_valid          = share of images with at least one successful counterfactual
     non_adversarial_rate       = mean(surrogate_success | success)   (if the field is present)
 
@@ -25,12 +37,27 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from sce_jax.metrics.validity import flip_rate
+
 # Fields that identify or describe a record rather than measure it.
 NOT_METRICS = frozenset({
     "example_id", "attempt", "target", "label", "prediction", "prediction_after", "source",
     "status", "reason", "files", "target_kind", "success", "surrogate_success",
+    "near_boundary", "no_second_reason", "outcome", "target_value",
 })
 OVER = ("successful", "ok")
+# summary.json's means: key -> (record field, over which records).
+RUN_MEANS = {
+    "mean_latent_l1": ("latent_l1", "successful"),
+    "mean_pixel_l1": ("pixel_l1", "successful"),
+    "mean_pixel_l2": ("pixel_l2", "successful"),
+    "mean_changed_fraction": ("changed_fraction", "successful"),
+    "mean_steps": ("steps", "ok"),
+}
+# The keys of summarise_records that summary.json keeps.
+RUN_FIGURES = ("num_images", "num_skipped", "num_counterfactuals", "flip_rate",
+               "flip_rate_first_attempt", "num_near_boundary", "found_rate",
+               "found_rate_first_attempt", "num_no_second_reason")
 
 
 def summarise_values(values: Iterable[Any]) -> dict[str, float | int | None]:
@@ -53,7 +80,8 @@ def summarise_values(values: Iterable[Any]) -> dict[str, float | int | None]:
 
 
 def _rate(flags: list[bool]) -> float | None:
-    return float(np.mean(flags)) if flags else None
+    """:func:`sce_jax.metrics.flip_rate` of ``flags``, None (JSON null) when there are none."""
+    return flip_rate(flags) if flags else None
 
 
 def _success(record: Mapping[str, Any]) -> bool:
@@ -89,6 +117,10 @@ def summarise_records(records: Iterable[Mapping[str, Any]], *, over: str = "succ
     ok = [r for r in records if r.get("status") == "ok"]
     success = [_success(r) for r in ok]
     selected = ok if over == "ok" else [r for r, s in zip(ok, success) if s]
+    near = [bool(r.get("near_boundary")) for r in ok]
+    spot = [bool(r.get("no_second_reason")) for r in ok]
+    first = [r.get("attempt") == 0 for r in ok]
+    found = [s and not n and not p for s, n, p in zip(success, near, spot)]
 
     by_image: dict[Any, bool] = {}
     for r, s in zip(ok, success):
@@ -118,13 +150,33 @@ def summarise_records(records: Iterable[Mapping[str, Any]], *, over: str = "succ
         "num_counterfactuals": len(ok),
         "num_skipped_records": len(records) - len(ok),
         "num_images": len(images),
-        "num_images_skipped": len(skipped_images),
+        "num_skipped": len(skipped_images),
         "num_valid": int(sum(success)),
-        "validity": _rate(success),
-        "validity_first_attempt": _rate([s for r, s in zip(ok, success)
-                                         if r.get("attempt") == 0]),
+        "num_near_boundary": len({r["example_id"] for r, n in zip(ok, near) if n}),
+        "num_no_second_reason": int(sum(spot)),
+        "flip_rate": _rate(success),
+        "flip_rate_first_attempt": _rate([s for s, f in zip(success, first) if f]),
+        "found_rate": _rate([x for x, n in zip(found, near) if not n]),
+        "found_rate_first_attempt": _rate([x for x, n, f in zip(found, near, first)
+                                           if f and not n]),
         "images_with_valid": _rate(list(by_image.values())),
         "non_adversarial_rate": _rate(surrogate),
         "metrics_over": over,
         "metrics": metrics,
     }
+
+
+def run_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The figures of a run's ``summary.json`` (throughput aside: :mod:`sce_jax.run_throughput`).
+
+    :data:`RUN_FIGURES` of :func:`summarise_records`, and the means :data:`RUN_MEANS`
+    (distances over the successful counterfactuals, steps over all; None when there are none).
+    """
+    records = list(records)
+    summary = summarise_records(records, fields=())
+    figures = {key: summary[key] for key in RUN_FIGURES}
+    ok = [r for r in records if r.get("status") == "ok"]
+    for key, (field, over) in RUN_MEANS.items():
+        rows = ok if over == "ok" else [r for r in ok if _success(r)]
+        figures[key] = summarise_values(r.get(field) for r in rows)["mean"]
+    return figures

@@ -136,15 +136,3 @@ def objective_gradient(z, step, inp: StepInputs, *, decode: Callable, logits_fn:
             + objectives.latent_proximity(z, inp.z0, l1=settings.l1, l2=settings.l2)
             + objectives.pixel_proximity(x_cf, inp.x, pixel_l1=settings.pixel_l1))
     return StepOutputs(grad, x_cf, decoded, clean_logits, loss)
-
-
-def plain_objective(z, inp: StepInputs, *, decode: Callable, logits_fn: Callable,
-                    settings: SearchSettings, kind: str) -> jax.Array:
-    """The unsmoothed objective summed over the batch (its ``jax.grad`` is the reference)."""
-    decoded = decode(z)
-    x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, inp.mask, mode=settings.output_mode)
-    loss = (targets.target_loss(logits_fn(x_cf), inp.target, inp.value, kind=kind,
-                                temperature=settings.temperature, class_loss=settings.class_loss)
-            + objectives.latent_proximity(z, inp.z0, l1=settings.l1, l2=settings.l2)
-            + objectives.pixel_proximity(x_cf, inp.x, pixel_l1=settings.pixel_l1))
-    return jnp.sum(loss)

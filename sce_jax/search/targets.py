@@ -64,10 +64,3 @@ def target_reached(logits, target, value, *, kind: str, goal_probability: float 
     else:
         decided = p > 0.5
     return decided & (p >= goal_probability)
-
-
-def decision(logits, *, head: str):
-    """The classifier's decision: argmax class (multiclass) or per-attribute bits (multilabel)."""
-    if head == "multiclass":
-        return jnp.argmax(logits, axis=-1)
-    return (logits > 0).astype(jnp.int32)

@@ -1,0 +1,33 @@
+"""Fixtures shared by several test modules (pytest finds them here; no test imports another)."""
+
+import pytest
+
+from tests import run_helpers
+
+
+@pytest.fixture(scope="session")
+def run_fixtures(tmp_path_factory):
+    """Tiny models, 9 images (one corrupt), the run's config file, a compilation cache and the
+    uninterrupted reference run (:func:`tests.run_helpers.run_fixtures`), made once a session."""
+    return run_helpers.run_fixtures(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """A tiny grey AutoencoderKL (downsample 2) and a 3-class SmallCNN: their checkpoint paths."""
+    return run_helpers.tiny_checkpoints(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread(request):
+    """torch with one intra-op thread while a module marked ``torch`` runs: on inputs this
+    small its thread pool costs far more than it saves (and competes with XLA's threads)."""
+    if request.node.get_closest_marker("torch") is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,46 @@
+"""What the search tests share: the small search config of the toy models, and the reference
+objective whose plain gradient the smoothed gradient must reproduce at sigma 0."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+import sce_jax
+from sce_jax.search import objectives, targets
+from sce_jax.search.config import SearchSettings
+from sce_jax.search.smoothing import StepInputs
+
+
+def small_config(**overrides):
+    """The search config of the toy-model tests; ``overrides`` by dotted key (``"mask.period"``)."""
+    c = sce_jax.default_search_config()
+    c.steps = 60
+    c.learning_rate = 0.05
+    c.attempts = 1
+    c.goal_probability = 0.0  # the toy answers are about reaching the decision
+    c.smoothing.num_samples = 4
+    c.smoothing.sigma = 0.02
+    c.mask.warmup_steps = 3
+    c.mask.period = 2
+    for key, value in overrides.items():
+        target = c
+        *path, leaf = key.split(".")
+        for p in path:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def plain_objective(z, inp: StepInputs, *, decode: Callable, logits_fn: Callable,
+                    settings: SearchSettings, kind: str) -> jax.Array:
+    """The unsmoothed objective summed over the batch (its ``jax.grad`` is the reference)."""
+    decoded = decode(z)
+    x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, inp.mask, mode=settings.output_mode)
+    loss = (targets.target_loss(logits_fn(x_cf), inp.target, inp.value, kind=kind,
+                                temperature=settings.temperature, class_loss=settings.class_loss)
+            + objectives.latent_proximity(z, inp.z0, l1=settings.l1, l2=settings.l2)
+            + objectives.pixel_proximity(x_cf, inp.x, pixel_l1=settings.pixel_l1))
+    return jnp.sum(loss)
