@@ -21,8 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sce_jax import metrics
+from sce_jax.search import targets as target_lib
 
-KINDS = ("class", "other", "flip")
+KINDS = target_lib.KINDS.names()
 
 
 def flip_values(original_logits: np.ndarray, targets: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
