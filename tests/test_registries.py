@@ -151,3 +151,22 @@ def test_configs_recorded_before_the_data_sub_configs_resume(tmp_path):
 def test_data_source_registry_lists_every_source_class():
     for name, kind in data_sources.DATA_SOURCES.items():
         assert issubclass(kind, data.Dataset), name
+
+
+def test_an_image_measure_is_one_registry_line(monkeypatch):
+    from sce_jax.evaluation import desiderata
+
+    def max_change(originals, counterfactuals):
+        return {"max_change": np.abs(counterfactuals - originals).max(axis=(1, 2, 3))}
+
+    monkeypatch.setattr(desiderata, "IMAGE_MEASURES", registry.Registry("image measure", {
+        "sparsity": "sce_jax.metrics.sparsity:sparsity", "max_change": max_change}))
+    x = np.zeros((2, 4, 4, 1), np.float32)
+    cf = x.copy()
+    cf[0, 1, 1] = 0.5
+    cf[1] = 0.25
+    out = desiderata.image_measures(x, cf)
+    assert set(out) == {"changed_fraction", "hoyer", "max_change"}
+    np.testing.assert_allclose(out["max_change"], [0.5, 0.25])
+    np.testing.assert_allclose(out["changed_fraction"], [1 / 16, 1.0])
+    assert out["max_change"].dtype == np.float64
