@@ -14,3 +14,4 @@
 facts, a median-of-calls timer, PyTorch's device / threads / memory format
 
 The entry point is ``scripts/benchmark.py``; results go to ``benchmarks/results/``.
+"""
