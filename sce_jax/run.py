@@ -594,7 +594,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         lambda: np.asarray(jnp.argmax(logits_jit(classifier.params, images), -1))))
     for i in chosen.no_target:
         records.append(_skip_record(data_lib.SkipRecord(int(ids[i]), batch.sources[i],
-                                                        "the CSV gives no target for this image")))
+                                                        chosen.no_target_reason)))
     rows, targets, valid = chosen.rows, chosen.targets, chosen.valid
     batch_arrays, size = explainer.prepare_batch(
         images[rows], targets, kind=kind, example_ids=ids[rows], regions=regions[rows],

@@ -90,15 +90,21 @@ class RunConfigError(ValueError):
 def validate_run_config(config: ml_collections.ConfigDict) -> None:
     """Checks the values a run needs, with one clear message per problem."""
     problems = []
+
+    def check_name(registry, name: str) -> None:  # a name the registry does not hold
+        problem = registry.problem(name)
+        if problem:
+            problems.append(problem)
+
     if not config.data.source:
         problems.append("data.source is empty: name an image folder, an .npz or a .csv")
     if config.data.get("format"):
-        problems += filter(None, [DATA_SOURCES.problem(config.data.format)])
+        check_name(DATA_SOURCES, config.data.format)
     if not (config.generator.checkpoint or config.generator.diffusers):
         problems.append("generator: set generator.checkpoint (orbax) or generator.diffusers")
     if config.generator.checkpoint and config.generator.diffusers:
         problems.append("generator: set only one of generator.checkpoint and generator.diffusers")
-    problems += filter(None, [GENERATOR_KINDS.problem(config.generator.kind)])
+    check_name(GENERATOR_KINDS, config.generator.kind)
     if config.generator.dtype not in DTYPE_NAMES:
         problems.append(f"generator.dtype={config.generator.dtype!r}: must be "
                         f"{' or '.join(DTYPE_NAMES)}")
@@ -112,15 +118,14 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
                         "prior.diffusers (or --config.search.prior.enabled=False)")
     if config.prior.checkpoint and config.prior.diffusers:
         problems.append("prior: set only one of prior.checkpoint and prior.diffusers")
-    problems += filter(None, [DIFFUSERS_PRIORS.problem(config.prior.kind)])
+    check_name(DIFFUSERS_PRIORS, config.prior.kind)
     if config.prior.dtype not in DTYPE_NAMES:
         problems.append(f"prior.dtype={config.prior.dtype!r}: must be "
                         f"{' or '.join(DTYPE_NAMES)}")
-    target_problem = RUN_TARGET_KINDS.problem(config.targets.kind)
-    if target_problem:
-        problems.append(target_problem)
-    elif (RUN_TARGET_KINDS[config.targets.kind].needs_class and config.targets.class_index < 0
-            and not config.targets.get("class_name")):
+    check_name(RUN_TARGET_KINDS, config.targets.kind)
+    needs_class = (config.targets.kind in RUN_TARGET_KINDS
+                   and RUN_TARGET_KINDS[config.targets.kind].needs_class)
+    if needs_class and config.targets.class_index < 0 and not config.targets.get("class_name"):
         problems.append(f"targets.kind={config.targets.kind!r} needs targets.class_index >= 0 "
                         "or targets.class_name")
     if config.batch_size < 1:
@@ -165,9 +170,8 @@ def resolve_target_class(config: ml_collections.ConfigDict) -> ml_collections.Co
     name = config.targets.get("class_name", "")
     if not name:
         return config
-    kind = RUN_TARGET_KINDS.get(config.targets.kind) if config.targets.kind in RUN_TARGET_KINDS \
-        else None
-    if kind is None or not kind.takes_class:
+    if not (config.targets.kind in RUN_TARGET_KINDS
+            and RUN_TARGET_KINDS[config.targets.kind].takes_class):
         raise RunConfigError(
             f"targets.class_name={name!r} is used with targets.kind 'class' (reach that class) "
             f"or 'flip' (flip that attribute), not {config.targets.kind!r}; add "

@@ -29,12 +29,14 @@ class BatchTargets:
       targets: (S,) int32 target of each search.
       valid: (B,) bool, the batch rows still searched (a row without a target is not).
       no_target: batch rows dropped because they have no target (each gets a skip record).
+      no_target_reason: the skip records' reason.
     """
 
     rows: np.ndarray
     targets: np.ndarray
     valid: np.ndarray
     no_target: np.ndarray
+    no_target_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,8 @@ def _from_data(c: TargetChoice) -> BatchTargets:
     missing = c.valid & (targets < 0)
     valid = c.valid & ~missing
     targets = np.where(valid, targets, 0).astype(np.int32)  # padding: any class, never searched
-    return BatchTargets(np.arange(targets.shape[0]), targets, valid, np.flatnonzero(missing))
+    return BatchTargets(np.arange(targets.shape[0]), targets, valid, np.flatnonzero(missing),
+                        "the CSV gives no target for this image")
 
 
 RUN_TARGET_KINDS: Registry[RunTargetKind] = Registry("targets.kind", {

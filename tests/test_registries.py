@@ -79,6 +79,7 @@ def test_run_target_kinds_choose_each_batchs_searches():
     assert kinds["all_others"].searches_per_image(3) == 2 and kinds["class"].searches_per_image(3) == 1
     csv = kinds["csv"].choose(_choice())
     np.testing.assert_array_equal(csv.no_target, [1])  # valid, no target: a skip record
+    assert csv.no_target_reason == "the CSV gives no target for this image"
     np.testing.assert_array_equal(csv.valid, [True, False, False])
     np.testing.assert_array_equal(csv.targets, [2, 0, 0])
 
