@@ -60,6 +60,7 @@ from absl import logging
 from sce_jax import data as data_lib
 from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_throughput
 from sce_jax import records as records_lib
+from sce_jax.classifier import HEADS
 from sce_jax.collectives import Collectives, PeerFailedError, differing_keys
 from sce_jax.distributed import DistributedSetupError
 from sce_jax.example_files import example_folder, write_example_files
@@ -345,7 +346,8 @@ def _open_inputs(config: ml_collections.ConfigDict):
     if RUN_TARGET_KINDS[config.targets.kind].takes_class and config.targets.class_index >= 0:
         classifier.check_target(config.targets.class_index)
     dataset = data_lib.open_configured(
-        config.data, num_classes=classifier.num_outputs if classifier.head == "multiclass" else None,
+        config.data, num_classes=(classifier.num_outputs
+                                  if HEADS[classifier.head].labels_index_outputs else None),
         class_names=classifier.class_names)
     latent_shape = generator.latent_shape(tuple(config.data.image_size))  # not fitting: now
     _check_channels(config, generator, classifier)

@@ -44,7 +44,8 @@ def base_run_config() -> ml_collections.ConfigDict:
 
     c.classifier = ml_collections.ConfigDict()
     c.classifier.checkpoint = ""  # orbax checkpoint directory
-    c.classifier.head = "multiclass"  # "multiclass" (softmax) or "multilabel" (sigmoid per output)
+    c.classifier.head = "multiclass"  # sce_jax.classifier.HEADS: "multiclass" (softmax) or
+                                      # "multilabel" (sigmoid per output)
     c.classifier.input_size = ()  # resize inputs to (h, w) first; () keeps the generator's size
     c.classifier.channels = 0     # channels the network expects (0: as the data)
     c.classifier.mean = (0.0,)    # normalisation: (x - mean) / std per channel
@@ -110,9 +111,7 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
                         f"{' or '.join(DTYPE_NAMES)}")
     if not config.classifier.checkpoint:
         problems.append("classifier.checkpoint is empty")
-    if config.classifier.head not in HEADS:
-        problems.append(f"classifier.head={config.classifier.head!r}: must be "
-                        f"{' or '.join(HEADS)}")
+    check_name(HEADS, config.classifier.head)
     if config.search.prior.enabled and not (config.prior.checkpoint or config.prior.diffusers):
         problems.append("search.prior.enabled needs a prior: set prior.checkpoint or "
                         "prior.diffusers (or --config.search.prior.enabled=False)")

@@ -30,12 +30,14 @@ def test_run_config_refuses_names_outside_the_registries():
     c.search.prior.enabled = False
     run_config.validate_run_config(c)  # the defaults are registered names
     c.generator.kind, c.prior.kind, c.targets.kind, c.data.format = "vq", "flux", "near", "tfr"
+    c.classifier.head = "softmax"
     with pytest.raises(run_config.RunConfigError) as e:
         run_config.validate_run_config(c)
     for line in ("unknown generator.kind 'vq'; known: kl, tiny",
                  "unknown prior.kind 'flux'; known: sd3",
                  "unknown targets.kind 'near'; known: other, class, flip, all_others, csv",
-                 "unknown data.format 'tfr'; known: folder, squares, npz, csv"):
+                 "unknown data.format 'tfr'; known: folder, squares, npz, csv",
+                 "unknown classifier.head 'softmax'; known: multiclass, multilabel"):
         assert line in str(e.value)
 
 
@@ -54,6 +56,9 @@ def test_checkpoint_classes_are_the_registered_models():
 
 def test_search_target_kinds_name_a_head_and_the_run_kinds_a_search_kind():
     assert {kind.head for kind in targets.KINDS.values()} <= set(HEADS)
+    for name, head in HEADS.items():
+        for kind in (head.default_kind, head.kind_with_targets):
+            assert targets.KINDS[kind].head == name
     for name, kind in run_targets.RUN_TARGET_KINDS.items():
         assert kind.search_kind in targets.KINDS, name
 
