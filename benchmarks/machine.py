@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 
 
 def cores() -> int:
@@ -33,3 +34,36 @@ def process_memory(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other processes slow every measurement)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def framework_info(torch_threads: int, torch_memory_format: str) -> dict:
+    """What the throughput benchmark's numbers were measured on: CPU, JAX's device, versions,
+    PyTorch's threads and memory format (and its GPU, if any)."""
+    import diffusers
+    import flax
+    import jax
+    import torch
+
+    device = jax.devices()[0]
+    info = {"cpu": cpu_model(), "cores": cores(), "jax_backend": jax.default_backend(),
+            "jax_device": device.device_kind, "python": platform.python_version(),
+            "jax": jax.__version__, "flax": flax.__version__, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "torch_threads": torch_threads,
+            "torch_memory_format": torch_memory_format}
+    if torch.cuda.is_available():
+        info["torch_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def machine_slug(info: dict) -> str:
+    """A file-name part for the machine: the accelerator, else ``<cpu model>-<cores>c``."""
+    name = info["jax_device"] if info["jax_backend"] != "cpu" else f"{info['cpu']}-{info['cores']}c"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

@@ -41,12 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sce_jax.classifier import GREY_WEIGHTS
 from sce_jax.search.config import SearchSettings
-
-# Added under the square root of the L2 proximity (as sce_jax.search.objectives.L2_EPS).
-L2_EPS = 1e-12
-GREY_WEIGHTS = (0.299, 0.587, 0.114)
-KINDS = ("class", "other", "flip")
+from sce_jax.search.masks import gaussian_kernel1d
+from sce_jax.search.objectives import L2_EPS
+from sce_jax.search.targets import KINDS
+from sce_jax.search.updates import NORM_FLOOR
 
 
 # --------------------------------------------------------------------------------- models
@@ -216,7 +216,7 @@ def target_loss(logits, target, value, *, kind: str, temperature: float, class_l
         return torch.logsumexp(scaled, -1) - torch.logsumexp(others, -1)
     if kind == "flip":
         return F.binary_cross_entropy_with_logits(_take(scaled, target), value, reduction="none")
-    raise ValueError(f"unknown target kind {kind!r}; one of {KINDS}")
+    raise ValueError(KINDS.problem(kind))
 
 
 def target_probability(logits, target, value, *, kind: str):
@@ -258,21 +258,11 @@ def select(keep, new, old):
 
 
 # --------------------------------------------------------------------------------- masks
-def gaussian_taps(sigma: float) -> np.ndarray:
-    """Normalised taps ``exp(-i^2 / 2 sigma^2)``, ``|i| <= max(1, ceil(3 sigma))``."""
-    if sigma <= 0:
-        return np.ones((1,), np.float32)
-    radius = max(1, int(math.ceil(3 * sigma)))
-    i = np.arange(-radius, radius + 1, dtype=np.float32)
-    taps = np.exp(-(i ** 2) / (2 * sigma ** 2))
-    return (taps / taps.sum()).astype(np.float32)
-
-
 def gaussian_blur(maps, sigma: float):
     """Separable Gaussian blur of (B, 1, H, W) maps, zero padding outside the image."""
     if sigma <= 0:
         return maps
-    taps = torch.as_tensor(gaussian_taps(sigma), dtype=maps.dtype, device=maps.device)
+    taps = torch.as_tensor(gaussian_kernel1d(sigma), dtype=maps.dtype, device=maps.device)
     r = (taps.numel() - 1) // 2
     out = F.conv2d(maps, taps.reshape(1, 1, -1, 1), padding=(r, 0))
     return F.conv2d(out, taps.reshape(1, 1, 1, -1), padding=(0, r))
@@ -423,7 +413,7 @@ def process_gradient(grad, latent_mask_, settings: SearchSettings):
     grad = grad * latent_mask_
     if settings.clip_norm > 0:
         norm = grad.flatten(1).norm(dim=-1)
-        factor = torch.clamp(settings.clip_norm / torch.clamp(norm, min=1e-12), max=1.0)
+        factor = torch.clamp(settings.clip_norm / torch.clamp(norm, min=NORM_FLOOR), max=1.0)
         grad = grad * _rows(factor, grad)
     if settings.sparsify > 0:
         peak = grad.abs().flatten(1).amax(-1)
@@ -584,7 +574,7 @@ def explain_batch_torch(generator: TorchGenerator, classifier: TorchClassifier, 
         raise NotImplementedError("the PyTorch reference has no generative prior: benchmark "
                                   "the search without one (search.prior.enabled = False)")
     if kind not in KINDS:
-        raise ValueError(f"unknown target kind {kind!r}; one of {KINDS}")
+        raise ValueError(KINDS.problem(kind))
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")

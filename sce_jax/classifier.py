@@ -25,9 +25,35 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.registry import Registry
+
 Array = jax.Array
-HEADS = ("multiclass", "multilabel")
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What a head type means for targets and labels.
+
+    Attributes:
+      output: what one output is, in messages (``"class"`` or ``"attribute"``).
+      default_kind: the search's target kind when none is asked for
+        (:data:`sce_jax.search.targets.KINDS`; the API's ``explain(images)``).
+      kind_with_targets: ... and when targets are given.
+      labels_index_outputs: a dataset's labels are indices of the outputs (checked against
+        their number).
+    """
+
+    output: str
+    default_kind: str
+    kind_with_targets: str
+    labels_index_outputs: bool
+
+
+HEADS: Registry[Head] = Registry("classifier.head", {
+    "multiclass": Head("class", "other", "class", labels_index_outputs=True),  # softmax
+    "multilabel": Head("attribute", "flip", "flip", labels_index_outputs=False),  # sigmoids
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +118,7 @@ class Classifier:
 
     def __post_init__(self):
         if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+            raise ValueError(HEADS.problem(self.head))
         if self.class_names is not None and len(self.class_names) != self.num_outputs:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_outputs} outputs")
 
@@ -111,8 +137,7 @@ class Classifier:
 
     def check_target(self, target: int) -> None:
         if not 0 <= int(target) < self.num_outputs:
-            kind = "class" if self.head == "multiclass" else "attribute"
-            raise ValueError(f"target {kind} {target} is out of range: {self.name} has "
+            raise ValueError(f"target {HEADS[self.head].output} {target} is out of range: {self.name} has "
                              f"{self.num_outputs} outputs (0..{self.num_outputs - 1})")
 
     @classmethod

@@ -2,8 +2,8 @@
 
 ``scripts/explain.py --print_config`` prints :func:`describe`: every ``--config.*`` key with
 its value after the config file and the command-line overrides, and the comment written beside
-the key where its default is set (:func:`sce_jax.run_config.base_run_config` and
-:func:`sce_jax.search.config.default_search_config`); a comment on the lines right after a
+the key where its default is set (:func:`sce_jax.run_config.base_run_config`,
+:func:`sce_jax.search.config.default_search_config` and each data source's ``options()``); a comment on the lines right after a
 key continues it. The comments are read from those functions' source, so the documentation
 has one place.
 """
@@ -76,8 +76,12 @@ def run_config_comments() -> dict[str, str]:
     from sce_jax.run_config import base_run_config
     from sce_jax.search.config import default_search_config
 
+    from sce_jax.data_sources import DATA_SOURCES
+
     comments = comments_from_source(base_run_config)
     comments.update(comments_from_source(default_search_config, prefix="search."))
+    for name, source in DATA_SOURCES.items():  # data.<format>.*: in the source's options()
+        comments.update(comments_from_source(source.options, prefix=f"data.{name}."))
     return comments
 
 

@@ -1,6 +1,7 @@
 """The inputs of a dataset-wide run: image folders, ``.npz`` arrays and CSV lists, in batches.
 
-Sources (:func:`open_dataset` picks by what ``source`` is):
+Sources (the registry :data:`sce_jax.data_sources.DATA_SOURCES`; :func:`open_dataset` takes
+the one ``format`` names, or the first whose ``matches(source)`` holds):
 
 - **an image folder**, searched recursively for ``.png .jpg .jpeg .webp .bmp .tif .tiff
   .gif`` (GIF: the first frame) and the other image formats of ``OTHER_IMAGE_EXTENSIONS``
@@ -12,6 +13,8 @@ Sources (:func:`open_dataset` picks by what ``source`` is):
   (``train_images``, ``test_labels``, ...) are chosen with ``images_key`` / ``labels_key``
   (``labels_key=None``: no labels). The arrays are read into memory when the file is opened
   (an ``.npz`` member is one array); data larger than memory belongs in a folder or a CSV.
+- **a squares test set** (:mod:`sce_jax.datasets.squares`): an ``.npz`` that also holds the
+  squares' ``boxes``; it knows its examples' factor regions (:meth:`Dataset.factor_masks`).
 - **a CSV file** with a header ``path,target[,region][,label]``: ``path`` is an image
   (relative paths are relative to the CSV's folder), ``target`` an int class index, a class
   name of the classifier's ``class_names`` or empty (no target), ``region`` an optional mask
@@ -52,8 +55,9 @@ import csv
 import dataclasses
 import os
 import zipfile
-from typing import AbstractSet, Iterator, Sequence
+from typing import AbstractSet, Any, Iterator, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -212,8 +216,33 @@ def _read_region(path: str, image_hw: tuple[int, int]) -> np.ndarray:
 class Dataset:
     """Examples of one source, decoded on demand at a fixed (height, width, channels).
 
-    Subclasses fill ``sources``, ``labels`` and ``targets`` and implement ``_read``.
+    Subclasses fill ``sources``, ``labels`` and ``targets`` and implement ``_read``. As a data
+    source (:data:`sce_jax.data_sources.DATA_SOURCES`) a subclass also says which sources it
+    reads (:meth:`matches`), which options it takes (:meth:`options`: the defaults, which are
+    the run config's ``data.<name>`` sub-config) and how it is opened (:meth:`open`).
     """
+
+    @staticmethod
+    def matches(source: str) -> bool:
+        """Whether this kind of dataset reads ``source`` (when ``data.format`` is empty)."""
+        return False
+
+    @staticmethod
+    def options() -> ml_collections.ConfigDict:
+        """The options this source takes, with their defaults (none)."""
+        return ml_collections.ConfigDict()
+
+    @classmethod
+    def open(cls, source: str, *, limit: int | None, class_names: Sequence[str] | None,
+             options: Mapping[str, Any], **geometry) -> "Dataset":
+        """The dataset of ``source``; ``geometry`` is ``image_size``, ``channels``, ``crop``.
+        ``limit`` and ``class_names`` may be ignored (:func:`open_dataset` applies the limit)."""
+        return cls(source, **options, **geometry)
+
+    def factor_masks(self, example_ids: Sequence[int]) -> tuple[np.ndarray | None, str]:
+        """``((N, F, H, W) float32 regions of the known factors, "")`` of these examples at
+        the decoded size, or ``(None, why not)``: a source without known factors."""
+        return None, f"the data source {self.source} has no known factor regions"
 
     def __init__(self, source: str, sources: Sequence[str], labels: np.ndarray,
                  targets: np.ndarray, *, image_size: tuple[int, int], channels: int, crop: bool):
@@ -286,6 +315,10 @@ class Dataset:
 class ImageFolderDataset(Dataset):
     """Every image file under a folder, recursively, sorted by relative path."""
 
+    @staticmethod
+    def matches(source: str) -> bool:
+        return os.path.isdir(source)
+
     def __init__(self, folder: str, **options):
         if not os.path.exists(folder):
             raise DataError(f"image folder {folder} does not exist")
@@ -323,12 +356,30 @@ def _find_images(folder: str) -> list[str]:
 class NpzDataset(Dataset):
     """Images and labels from arrays in an ``.npz`` file (the MedMNIST layout)."""
 
+    @staticmethod
+    def matches(source: str) -> bool:
+        return source.lower().endswith(".npz")
+
+    @staticmethod
+    def options() -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.images_key = "images"  # the array of images (N, H, W[, C])
+        c.labels_key = "labels"  # the array of labels (N,); '' for none
+        return c
+
+    @classmethod
+    def open(cls, source, *, limit, class_names, options, **geometry):
+        options = dict(options)
+        options["labels_key"] = options.get("labels_key") or None
+        return cls(source, limit=limit, **options, **geometry)
+
     def __init__(self, path: str, *, images_key: str = "images", labels_key: str | None = "labels",
                  limit: int | None = None, **options):
         images, labels = _read_npz(path, images_key, labels_key)
         if limit:
             images, labels = images[:limit], (None if labels is None else labels[:limit])
         self._pixels = _npz_pixels(images, path, images_key)
+        self.stored_size = (int(images.shape[1]), int(images.shape[2]))  # (height, width) in the file
         if labels is None:
             labels = np.full(images.shape[0], NO_LABEL, np.int32)
         sources = [f"{path}[{i}]" for i in range(images.shape[0])]
@@ -349,11 +400,11 @@ def _read_npz(path: str, images_key: str, labels_key: str | None
             if images_key not in keys:
                 raise DataError(f"{path} has no array {images_key!r} (it holds: "
                                 f"{', '.join(keys) or 'nothing'}); choose the images key "
-                                "(config: data.npz_images_key)")
+                                "(config: data.npz.images_key)")
             if labels_key and labels_key not in keys:
                 raise DataError(f"{path} has no array {labels_key!r} (it holds: {', '.join(keys)}); "
                                 "choose the labels key, or none for unlabelled images "
-                                "(config: data.npz_labels_key='')")
+                                "(config: data.npz.labels_key='')")
             images = npz[images_key]
             labels = npz[labels_key] if labels_key else None
     except DataError:
@@ -426,6 +477,14 @@ def _npz_pixels(images: np.ndarray, path: str, key: str):
 
 class CsvDataset(Dataset):
     """Examples listed in a CSV file: ``path,target[,region][,label]`` (see the module doc)."""
+
+    @staticmethod
+    def matches(source: str) -> bool:
+        return source.lower().endswith(".csv")
+
+    @classmethod
+    def open(cls, source, *, limit, class_names, options, **geometry):
+        return cls(source, class_names=class_names, **options, **geometry)
 
     def __init__(self, path: str, *, class_names: Sequence[str] | None = None, **options):
         rows = _read_csv_rows(path, class_names)
@@ -543,10 +602,10 @@ def _check_range(values: np.ndarray, num_classes: int, what: str, dataset: Datas
 
 
 def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, crop: bool = False,
-                 images_key: str = "images", labels_key: str | None = "labels",
                  limit: int | None = None, num_classes: int | None = None,
-                 class_names: Sequence[str] | None = None) -> Dataset:
-    """Opens a folder, ``.npz`` or ``.csv`` source and checks it as a whole.
+                 class_names: Sequence[str] | None = None, format: str = "",
+                 **options: Any) -> Dataset:
+    """Opens a source (a folder, an ``.npz``, a ``.csv``, ...) and checks it as a whole.
 
     Args:
       source: an image folder, an ``.npz`` file or a ``.csv`` file (see the module docstring).
@@ -554,13 +613,17 @@ def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, cro
       channels: 1 (grey) or 3 (RGB).
       crop: center-crop to the aspect ratio of ``image_size`` before resizing (otherwise the
         whole image is resized, changing its aspect ratio if they differ).
-      images_key, labels_key: the arrays of an ``.npz`` (``labels_key`` None or "": no labels).
       limit: keep only the first ``limit`` examples (None or 0: all).
       num_classes: when given, labels and targets must lie in ``0..num_classes-1``.
       class_names: the classifier's class names: a CSV's target column may name classes.
+      format: a name of :data:`sce_jax.data_sources.DATA_SOURCES`; "" takes the first source
+        whose ``matches(source)`` holds.
+      **options: the chosen source's options (its :meth:`Dataset.options`, e.g. ``images_key``
+        and ``labels_key`` of an ``.npz``; ``labels_key`` None or "": no labels).
 
     Raises:
-      DataError: the source cannot be used (the message names the file and the problem).
+      DataError: the source cannot be used (the message names the file and the problem), an
+        unknown ``format`` or an option the source does not take.
     """
     size = tuple(int(v) for v in image_size)
     if len(size) != 2 or min(size) < 1:
@@ -569,22 +632,18 @@ def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, cro
         raise DataError(f"channels={channels}: expected 1 (grey) or 3 (RGB)")
     if limit is not None and limit < 0:
         raise DataError(f"limit={limit}: expected >= 0 (0 or None: all examples)")
-    options = dict(image_size=size, channels=channels, crop=crop)
     source = os.fspath(source)
-    lower = source.lower()
-    if os.path.isdir(source):
-        dataset = ImageFolderDataset(source, **options)
-    elif lower.endswith(".npz"):
-        dataset = NpzDataset(source, images_key=images_key, labels_key=labels_key or None,
-                             limit=limit, **options)
-    elif lower.endswith(".csv"):
-        dataset = CsvDataset(source, class_names=class_names, **options)
-    elif not os.path.exists(source):
-        raise DataError(f"data source {source} does not exist (expected an image folder, "
-                        "an .npz or a .csv file)")
-    else:
-        raise DataError(f"data source {source} is neither a folder nor an .npz or .csv file")
-    if limit and not isinstance(dataset, NpzDataset):
+    name = format or source_format(source)
+    kind = _source_kind(name)
+    known = kind.options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DataError(f"the {name} data source takes no option(s) {', '.join(unknown)}; it "
+                        f"takes: {', '.join(known) or 'none'}")
+    dataset = kind.open(source, limit=limit or None, class_names=class_names,
+                        options={**known.to_dict(), **options}, image_size=size,
+                        channels=channels, crop=crop)
+    if limit and len(dataset.sources) > limit:
         dataset.sources = dataset.sources[:limit]
         dataset.labels = dataset.labels[:limit]
         dataset.targets = dataset.targets[:limit]
@@ -592,6 +651,48 @@ def open_dataset(source: str, *, image_size: tuple[int, int], channels: int, cro
         _check_range(dataset.labels, num_classes, "label", dataset)
         _check_range(dataset.targets, num_classes, "target", dataset)
     return dataset
+
+
+def source_format(source: str) -> str:
+    """The name of the first data source whose ``matches(source)`` holds.
+
+    Raises:
+      DataError: no source reads it (a missing path, or a file of another type).
+    """
+    from sce_jax.data_sources import DATA_SOURCES
+
+    source = os.fspath(source)
+    for name, kind in DATA_SOURCES.items():
+        if kind.matches(source):
+            return name
+    if not os.path.exists(source):
+        raise DataError(f"data source {source} does not exist (expected an image folder, "
+                        "an .npz or a .csv file)")
+    raise DataError(f"data source {source} is neither a folder nor an .npz or .csv file")
+
+
+def _source_kind(name: str) -> type[Dataset]:
+    from sce_jax.data_sources import DATA_SOURCES
+
+    problem = DATA_SOURCES.problem(name)
+    if problem:
+        raise DataError(problem)
+    return DATA_SOURCES[name]
+
+
+def open_configured(data_config: Mapping[str, Any], *, num_classes: int | None = None,
+                    class_names: Sequence[str] | None = None) -> Dataset:
+    """:func:`open_dataset` of a run config's ``data`` section: its source, size, channels,
+    crop, limit and format, and the chosen source's options, its ``data.<format>`` sub-config
+    passed through whole."""
+    source = os.fspath(data_config["source"])
+    name = data_config.get("format") or source_format(source)
+    options = data_config.get(name) if name in data_config else None
+    return open_dataset(source, image_size=tuple(data_config["image_size"]),
+                        channels=int(data_config["channels"]), crop=bool(data_config["crop"]),
+                        limit=int(data_config["limit"]) or None, num_classes=num_classes,
+                        class_names=class_names, format=name,
+                        **(dict(options) if options else {}))
 
 
 # ----------------------------------------------------------------------------- batching

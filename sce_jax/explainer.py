@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from sce_jax import api_inputs, parallel
-from sce_jax.classifier import Classifier
+from sce_jax.classifier import HEADS, Classifier
 from sce_jax.generator import Generator
 from sce_jax.prior import Prior
 from sce_jax.search.config import SearchSettings, settings_from_config
@@ -74,9 +74,8 @@ class Explainer:
         self.search_params = parallel.replicate(params, mesh) if mesh is not None else params
 
     def default_kind(self, targets_given: bool) -> str:
-        if self.classifier.head == "multilabel":
-            return "flip"
-        return "class" if targets_given else "other"
+        head = HEADS[self.classifier.head]
+        return head.kind_with_targets if targets_given else head.default_kind
 
     def compiled(self, kind: str) -> Callable:
         """The jitted ``(search_params, batch) -> Explanation`` for a target kind

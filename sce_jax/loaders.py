@@ -3,41 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
 
 from sce_jax.classifier import Classifier, Preprocessing
 from sce_jax.generator import Generator
+from sce_jax.model_kinds import (CLASSIFIER_NETWORKS, DIFFUSERS_PRIORS, DTYPE_NAMES,
+                                 GENERATOR_KINDS, PRIOR_NETWORKS)
 from sce_jax.prior import Prior
 from sce_jax.weights.checkpoint import load_model
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 
 
 def load_generator(config: ml_collections.ConfigDict) -> Generator:
-    """From ``config.generator``: an orbax checkpoint, or a local diffusers folder / repo id."""
-    from sce_jax.models.autoencoder_kl import AutoencoderKL
-    from sce_jax.models.autoencoder_tiny import AutoencoderTiny
-
+    """From ``config.generator``: an orbax checkpoint of any generator kind, or a local
+    diffusers folder / repo id read as ``generator.kind``
+    (:data:`sce_jax.model_kinds.GENERATOR_KINDS`)."""
     dtype = DTYPES[config.dtype]
     if config.checkpoint:
-        model = load_model(config.checkpoint, expect=(AutoencoderKL, AutoencoderTiny), dtype=dtype)
+        model = load_model(config.checkpoint, expect=tuple(GENERATOR_KINDS.values()), dtype=dtype)
     else:
-        cls = AutoencoderKL if config.kind == "kl" else AutoencoderTiny
-        model = cls.from_pretrained(config.diffusers, dtype=dtype)
+        model = GENERATOR_KINDS[config.kind].from_pretrained(config.diffusers, dtype=dtype)
     return Generator.from_autoencoder(model)
 
 
 def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
     """From ``config.classifier``: an orbax checkpoint of a ported network + preprocessing."""
-    from sce_jax.models.densenet import DenseNet
-    from sce_jax.models.resnet import ResNet
-    from sce_jax.models.small_cnn import SmallCNN
-    from sce_jax.models.vit import VisionTransformer
-
-    model = load_model(config.checkpoint, expect=(ResNet, DenseNet, SmallCNN, VisionTransformer))
+    model = load_model(config.checkpoint, expect=tuple(CLASSIFIER_NETWORKS.values()))
     preprocessing = Preprocessing(
         input_size=tuple(config.input_size) or None,
         channels=int(config.channels) or None,
@@ -52,27 +47,15 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
     return dataclasses.replace(classifier, class_names=names)
 
 
-def _sd3_prior(path: str, dtype) -> Prior:
-    from sce_jax.models.sd3_transformer import SD3Transformer2DModel
-    from sce_jax.priors.sd3 import sd3_prior
-
-    return sd3_prior(SD3Transformer2DModel.from_pretrained(path, dtype=dtype, param_dtype=dtype))
-
-
-# prior.kind -> (diffusers folder / pipeline folder / cached repo id, compute dtype) -> Prior
-DIFFUSERS_PRIORS: dict[str, Callable[[str, Any], Prior]] = {"sd3": _sd3_prior}
-
-
 def load_prior(config: ml_collections.ConfigDict) -> Prior | None:
     """From ``config.prior``: an orbax checkpoint of a velocity model, a diffusers transformer
-    of architecture ``prior.kind`` (``prior.diffusers``), or None when neither is set."""
-    from sce_jax.models.latent_flow import LatentFlowTransformer
-
+    of architecture ``prior.kind`` (``prior.diffusers``; :data:`sce_jax.model_kinds.
+    DIFFUSERS_PRIORS`), or None when neither is set."""
     if config.diffusers:
         return DIFFUSERS_PRIORS[config.kind](config.diffusers, DTYPES[config.dtype])
     if not config.checkpoint:
         return None
-    model = load_model(config.checkpoint, expect=(LatentFlowTransformer,))
+    model = load_model(config.checkpoint, expect=tuple(PRIOR_NETWORKS.values()))
     return Prior.from_nnx(model)
 
 

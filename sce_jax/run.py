@@ -53,16 +53,18 @@ from sce_jax import data as data_lib
 from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_throughput
 from sce_jax import records as records_lib
 from sce_jax import workdir as workdir_files
+from sce_jax.classifier import HEADS
 from sce_jax.collectives import Collectives, PeerFailedError, differing_keys
 from sce_jax.distributed import DistributedSetupError
 from sce_jax.example_files import write_example_files
 from sce_jax.metrics.summary import run_summary
-from sce_jax.explainer import Explainer, all_other_classes
+from sce_jax.explainer import Explainer
 from sce_jax.loaders import (check_prior_inputs, load_classifier, load_generator, load_prior,
                              load_prior_context)
 from sce_jax.progress import Progress, announce
 from sce_jax.record_names import named_fields
 from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
+from sce_jax.run_targets import RUN_TARGET_KINDS, TargetChoice
 from sce_jax.search.config import SearchConfigError, settings_from_config
 from sce_jax.search.engine import Batch as SearchBatch
 from sce_jax.workdir import WorkdirReadError, WorkdirWriteError
@@ -114,14 +116,11 @@ def _open_inputs(config: ml_collections.ConfigDict):
     classifier = load_classifier(config.classifier)
     prior = load_prior(config.prior) if config.search.prior.enabled else None
     context = load_prior_context(config.prior, prior)
-    if config.targets.kind in ("class", "flip") and config.targets.class_index >= 0:
+    if RUN_TARGET_KINDS[config.targets.kind].takes_class and config.targets.class_index >= 0:
         classifier.check_target(config.targets.class_index)
-    dataset = data_lib.open_dataset(
-        config.data.source, image_size=tuple(config.data.image_size),
-        channels=int(config.data.channels), crop=bool(config.data.crop),
-        images_key=config.data.npz_images_key, labels_key=config.data.npz_labels_key,
-        limit=int(config.data.limit) or None,
-        num_classes=classifier.num_outputs if classifier.head == "multiclass" else None,
+    dataset = data_lib.open_configured(
+        config.data, num_classes=(classifier.num_outputs
+                                  if HEADS[classifier.head].labels_index_outputs else None),
         class_names=classifier.class_names)
     latent_shape = generator.latent_shape(tuple(config.data.image_size))  # not fitting: now
     _check_channels(config, generator, classifier)
@@ -178,8 +177,8 @@ def _check_search_memory(config, explainer: Explainer, kind: str, rows: int,
     the prior's conditioning (one row, given to every image), part of the batch's shapes.
     """
     size, channels = tuple(int(v) for v in config.data.image_size), int(config.data.channels)
-    if config.targets.kind == "all_others":
-        rows *= explainer.classifier.num_outputs - 1
+    rows *= RUN_TARGET_KINDS[config.targets.kind].searches_per_image(
+        explainer.classifier.num_outputs)
     mesh = explainer.mesh
     local = parallel.padded_size(rows, mesh)
     total = local * (jax.process_count() if mesh is not None else 1)
@@ -271,7 +270,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     peers.together("recording the run", lambda: process_index == 0 and record_run(), USER_ERRORS)
 
     explainer = Explainer(generator, classifier, settings, prior=prior)
-    kind = {"all_others": "class", "csv": "class"}.get(config.targets.kind, config.targets.kind)
+    kind = RUN_TARGET_KINDS[config.targets.kind].search_kind
     logits_jit = jax.jit(classifier.logits_fn)
 
     done = workdir_files.finished_ids(workdir)
@@ -288,7 +287,8 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
             config, explainer, kind, batch_size, context), USER_ERRORS)
     remaining = dataset.shard_ids(process_index, process_count, done)
     todo = int(remaining.size)
-    per_image = (classifier.num_outputs - 1 if config.targets.kind == "all_others" else 1) * settings.attempts
+    per_image = RUN_TARGET_KINDS[config.targets.kind].searches_per_image(
+        classifier.num_outputs) * settings.attempts
     logging.info("%s: %d examples, %d already done, %d to explain on process %d/%d",
                  config.data.source, dataset.num_examples, len(done), todo, process_index, process_count)
     committed = 0
@@ -381,25 +381,13 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
     images = np.asarray(batch.images, np.float32)
     ids = np.asarray(batch.example_ids)
     regions = np.asarray(batch.regions, np.float32)
-    rows = np.arange(images.shape[0])
-    target_kind = config.targets.kind
-    if target_kind == "all_others":
-        predictions = np.asarray(jnp.argmax(logits_jit(classifier.params, images), -1))
-        rows, targets = all_other_classes(predictions, classifier.num_outputs)
-    elif target_kind == "csv":
-        targets = np.asarray(batch.targets, np.int32)
-        bad = valid & (targets < 0)
-        for i in np.flatnonzero(bad):
-            records.append(records_lib.skip_record(int(ids[i]), batch.sources[i],
-                                                   "the CSV gives no target for this image"))
-        valid = valid & ~bad
-        targets = np.where(valid, targets, 0).astype(np.int32)  # padding: any class, never searched
-    elif target_kind == "class" or (target_kind == "flip" and config.targets.class_index >= 0):
-        targets = np.full(images.shape[0], config.targets.class_index, np.int32)
-    elif target_kind == "flip":
-        targets = np.zeros(images.shape[0], np.int32)
-    else:  # "other": leave the predicted class
-        targets = np.full(images.shape[0], -1, np.int32)
+    chosen = RUN_TARGET_KINDS[config.targets.kind].choose(TargetChoice(
+        np.asarray(batch.targets, np.int32), valid, int(config.targets.class_index),
+        classifier.num_outputs,
+        lambda: np.asarray(jnp.argmax(logits_jit(classifier.params, images), -1))))
+    for i in chosen.no_target:
+        records.append(records_lib.skip_record(int(ids[i]), batch.sources[i], chosen.no_target_reason))
+    rows, targets, valid = chosen.rows, chosen.targets, chosen.valid
     batch_arrays, size = explainer.prepare_batch(
         images[rows], targets, kind=kind, example_ids=ids[rows], regions=regions[rows],
         valid=valid[rows], context=context)
@@ -411,7 +399,6 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
     success8, prob8, decision8 = records_lib.judge_written(
         lambda x: logits_jit(classifier.params, x), quantised, result, kind=kind,
         goal_probability=explainer.settings.goal_probability)
-    record_kind = target_kind if target_kind in ("flip", "other") else "class"
 
     written_originals = set()
     for j in range(size):
@@ -427,7 +414,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
         for a in range(result.image.shape[1]):
             records.append(records_lib.counterfactual_record(
                 result, j, a, example_id=example_id, source=batch.sources[i],
-                label=_label(batch.labels[i]), target_kind=record_kind, success8=success8[j, a],
+                label=_label(batch.labels[i]), target_kind=kind, success8=success8[j, a],
                 prob8=prob8[j, a], decision8=decision8[j, a], original=images[i],
                 quantised=quantised[j, a], files=attempt_files[a]))
     return records

@@ -13,9 +13,11 @@ import math
 import ml_collections
 
 from sce_jax.class_names import ClassNameError, class_index
+from sce_jax.classifier import HEADS
+from sce_jax.data_sources import DATA_SOURCES
+from sce_jax.model_kinds import DIFFUSERS_PRIORS, DTYPE_NAMES, GENERATOR_KINDS
+from sce_jax.run_targets import RUN_TARGET_KINDS
 from sce_jax.search.config import default_search_config
-
-TARGET_KINDS = ("flip", "class", "other", "all_others", "csv")
 
 
 def base_run_config() -> ml_collections.ConfigDict:
@@ -23,22 +25,27 @@ def base_run_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = ""            # image folder, .npz (images/labels) or .csv (path,target[,region])
-    c.data.npz_images_key = "images"  # .npz: the array of images (N, H, W[, C])
-    c.data.npz_labels_key = "labels"  # .npz: the array of labels (N,); '' for none
+    c.data.format = ""            # one of sce_jax.data_sources.DATA_SOURCES; '' picks by the source
+                                  # (folder, squares .npz, .npz, .csv)
     c.data.image_size = (32, 32)  # (height, width) the generator works at
     c.data.channels = 1           # 1 (grey) or 3 (RGB)
     c.data.crop = False           # center-crop to the aspect ratio before resizing
     c.data.limit = 0              # explain only the first N examples (0: all)
+    for name, source in DATA_SOURCES.items():  # data.<format>: that source's options
+        if source.options():
+            c.data[name] = source.options()
 
     c.generator = ml_collections.ConfigDict()
     c.generator.checkpoint = ""   # orbax checkpoint directory (scripts/convert_weights.py)
     c.generator.diffusers = ""    # or: a diffusers folder / pipeline folder / cached repo id
-    c.generator.kind = "kl"       # with diffusers: "kl" (AutoencoderKL) or "tiny" (AutoencoderTiny)
+    c.generator.kind = "kl"       # with diffusers: one of sce_jax.model_kinds.GENERATOR_KINDS,
+                                  # "kl" (AutoencoderKL) or "tiny" (AutoencoderTiny)
     c.generator.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
 
     c.classifier = ml_collections.ConfigDict()
     c.classifier.checkpoint = ""  # orbax checkpoint directory
-    c.classifier.head = "multiclass"  # "multiclass" (softmax) or "multilabel" (sigmoid per output)
+    c.classifier.head = "multiclass"  # sce_jax.classifier.HEADS: "multiclass" (softmax) or
+                                      # "multilabel" (sigmoid per output)
     c.classifier.input_size = ()  # resize inputs to (h, w) first; () keeps the generator's size
     c.classifier.channels = 0     # channels the network expects (0: as the data)
     c.classifier.mean = (0.0,)    # normalisation: (x - mean) / std per channel
@@ -50,15 +57,16 @@ def base_run_config() -> ml_collections.ConfigDict:
                                   # priors); used when search.prior.enabled
     c.prior.diffusers = ""        # or: a diffusers transformer folder / pipeline folder (its
                                   # transformer/) / cached repo id, of architecture prior.kind
-    c.prior.kind = "sd3"          # with diffusers: one of sce_jax.loaders.DIFFUSERS_PRIORS
+    c.prior.kind = "sd3"          # with diffusers: one of sce_jax.model_kinds.DIFFUSERS_PRIORS
     c.prior.dtype = "float32"     # with diffusers: compute and weight dtype, float32 or bfloat16
     c.prior.context = ""          # .npz of precomputed conditioning (prompt embeddings), if needed
                                   # (SD3: scripts/encode_prompt.py)
 
     c.targets = ml_collections.ConfigDict()
-    c.targets.kind = "other"      # "other": leave the predicted class; "class": reach class_index;
-                                  # "all_others": reach every other class; "flip": flip an
-                                  # attribute (multilabel); "csv": the CSV's target column
+    c.targets.kind = "other"      # sce_jax.run_targets.RUN_TARGET_KINDS: "other": leave the
+                                  # predicted class; "class": reach class_index; "all_others":
+                                  # reach every other class; "flip": flip an attribute
+                                  # (multilabel); "csv": the CSV's target column
     c.targets.class_index = -1    # the class to reach (kind "class"), attribute to flip ("flip")
     c.targets.class_name = ""     # or that class by name (one of classifier.class_names)
 
@@ -82,37 +90,42 @@ class RunConfigError(ValueError):
 def validate_run_config(config: ml_collections.ConfigDict) -> None:
     """Checks the values a run needs, with one clear message per problem."""
     problems = []
+
+    def check_name(registry, name: str) -> None:  # a name the registry does not hold
+        problem = registry.problem(name)
+        if problem:
+            problems.append(problem)
+
     if not config.data.source:
         problems.append("data.source is empty: name an image folder, an .npz or a .csv")
+    if config.data.get("format"):
+        check_name(DATA_SOURCES, config.data.format)
     if not (config.generator.checkpoint or config.generator.diffusers):
         problems.append("generator: set generator.checkpoint (orbax) or generator.diffusers")
     if config.generator.checkpoint and config.generator.diffusers:
         problems.append("generator: set only one of generator.checkpoint and generator.diffusers")
-    if config.generator.kind not in ("kl", "tiny"):
-        problems.append(f"generator.kind={config.generator.kind!r}: must be 'kl' or 'tiny'")
-    if config.generator.dtype not in ("float32", "bfloat16"):
-        problems.append(f"generator.dtype={config.generator.dtype!r}: must be float32 or bfloat16")
+    check_name(GENERATOR_KINDS, config.generator.kind)
+    if config.generator.dtype not in DTYPE_NAMES:
+        problems.append(f"generator.dtype={config.generator.dtype!r}: must be "
+                        f"{' or '.join(DTYPE_NAMES)}")
     if not config.classifier.checkpoint:
         problems.append("classifier.checkpoint is empty")
-    if config.classifier.head not in ("multiclass", "multilabel"):
-        problems.append(f"classifier.head={config.classifier.head!r}: must be multiclass or multilabel")
+    check_name(HEADS, config.classifier.head)
     if config.search.prior.enabled and not (config.prior.checkpoint or config.prior.diffusers):
         problems.append("search.prior.enabled needs a prior: set prior.checkpoint or "
                         "prior.diffusers (or --config.search.prior.enabled=False)")
     if config.prior.checkpoint and config.prior.diffusers:
         problems.append("prior: set only one of prior.checkpoint and prior.diffusers")
-    from sce_jax.loaders import DIFFUSERS_PRIORS
-    if config.prior.kind not in DIFFUSERS_PRIORS:
-        problems.append(f"prior.kind={config.prior.kind!r}: must be one of "
-                        f"{sorted(DIFFUSERS_PRIORS)}")
-    if config.prior.dtype not in ("float32", "bfloat16"):
-        problems.append(f"prior.dtype={config.prior.dtype!r}: must be float32 or bfloat16")
-    if config.targets.kind not in TARGET_KINDS:
-        problems.append(f"targets.kind={config.targets.kind!r}: must be one of {TARGET_KINDS}")
-    if (config.targets.kind == "class" and config.targets.class_index < 0
-            and not config.targets.get("class_name")):
-        problems.append("targets.kind='class' needs targets.class_index >= 0 or "
-                        "targets.class_name")
+    check_name(DIFFUSERS_PRIORS, config.prior.kind)
+    if config.prior.dtype not in DTYPE_NAMES:
+        problems.append(f"prior.dtype={config.prior.dtype!r}: must be "
+                        f"{' or '.join(DTYPE_NAMES)}")
+    check_name(RUN_TARGET_KINDS, config.targets.kind)
+    needs_class = (config.targets.kind in RUN_TARGET_KINDS
+                   and RUN_TARGET_KINDS[config.targets.kind].needs_class)
+    if needs_class and config.targets.class_index < 0 and not config.targets.get("class_name"):
+        problems.append(f"targets.kind={config.targets.kind!r} needs targets.class_index >= 0 "
+                        "or targets.class_name")
     if config.batch_size < 1:
         problems.append(f"batch_size={config.batch_size}: must be >= 1")
     if not (math.isfinite(config.max_memory_gb) and config.max_memory_gb >= 0):
@@ -123,6 +136,22 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
         problems.append(f"data.image_size={tuple(config.data.image_size)}: must be (height, width)")
     if problems:
         raise RunConfigError("the run config has problems:\n  " + "\n  ".join(problems))
+
+
+def upgrade_recorded_config(recorded: dict) -> dict:
+    """A ``run_config.json`` written by an earlier release, in today's keys (so that resuming
+    its workdir with the same settings is not refused): ``targets.class_name`` added (empty),
+    ``data.npz_images_key`` / ``npz_labels_key`` moved to ``data.npz.images_key`` /
+    ``labels_key`` and ``data.format`` added (empty: picked by the source)."""
+    recorded = copy.deepcopy(recorded)
+    if isinstance(recorded.get("targets"), dict):
+        recorded["targets"].setdefault("class_name", "")
+    data = recorded.get("data")
+    if isinstance(data, dict) and "npz_images_key" in data:
+        data["npz"] = {"images_key": data.pop("npz_images_key"),
+                       "labels_key": data.pop("npz_labels_key", "labels")}
+        data.setdefault("format", "")
+    return recorded
 
 
 def resolve_target_class(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -139,7 +168,8 @@ def resolve_target_class(config: ml_collections.ConfigDict) -> ml_collections.Co
     name = config.targets.get("class_name", "")
     if not name:
         return config
-    if config.targets.kind not in ("class", "flip"):
+    if not (config.targets.kind in RUN_TARGET_KINDS
+            and RUN_TARGET_KINDS[config.targets.kind].takes_class):
         raise RunConfigError(
             f"targets.class_name={name!r} is used with targets.kind 'class' (reach that class) "
             f"or 'flip' (flip that attribute), not {config.targets.kind!r}; add "

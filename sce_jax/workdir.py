@@ -44,7 +44,7 @@ import os
 from typing import Any, Iterable, Literal, Mapping, NotRequired, Sequence, TypedDict
 
 from sce_jax import image_io, run_inputs
-from sce_jax.run_config import RunConfigError
+from sce_jax.run_config import RunConfigError, upgrade_recorded_config
 
 RUN_CONFIG = "run_config.json"
 INPUTS = "inputs.json"
@@ -412,8 +412,7 @@ def check_resume(workdir: str, config: Mapping[str, Any], source: str, sources: 
     """
     previous = read_run_config(workdir)
     if previous is not None:
-        if isinstance(previous.get("targets"), dict):  # recorded before targets.class_name
-            previous["targets"].setdefault("class_name", "")
+        previous = upgrade_recorded_config(previous)  # recorded by an earlier release
         changed = [k for k in RESULT_DEFINING if previous.get(k) != config.get(k)]
         if changed:
             raise RunConfigError(

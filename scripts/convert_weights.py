@@ -2,7 +2,7 @@
 
     # an autoencoder: a diffusers folder, a pipeline folder (its vae/), or a cached repo id
     python scripts/convert_weights.py --autoencoder=/models/sd-vae-ft-mse --out=ckpt/vae
-    python scripts/convert_weights.py --autoencoder=madebyollin/taesd --tiny --out=ckpt/taesd
+    python scripts/convert_weights.py --autoencoder=madebyollin/taesd --kind=tiny --out=ckpt/taesd
 
     # a torchvision classifier (.pth/.pt state dict or checkpoint dict, or .safetensors)
     python scripts/convert_weights.py --classifier=resnet50.pth --arch=resnet50 --out=ckpt/clf
@@ -20,10 +20,14 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sce_jax import command_line  # noqa: E402
+from sce_jax.model_kinds import GENERATOR_KINDS  # noqa: E402
 from sce_jax.weights.checkpoint import save_model  # noqa: E402
 
 flags.DEFINE_string("autoencoder", "", "diffusers folder, pipeline folder or cached repo id")
-flags.DEFINE_bool("tiny", False, "the autoencoder is an AutoencoderTiny (TAESD)")
+flags.DEFINE_enum("kind", "kl", GENERATOR_KINDS.names(), "the autoencoder's generator kind "
+                  "(sce_jax.model_kinds.GENERATOR_KINDS: kl = AutoencoderKL, tiny = "
+                  "AutoencoderTiny / TAESD)")
 flags.DEFINE_string("classifier", "", "torchvision checkpoint file")
 flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101", "densenet121",
                                         "vit_b_16"],
@@ -44,17 +48,16 @@ def main(argv):
         raise app.UsageError("--out is required")
     if FLAGS.image_size and not FLAGS.arch.startswith("vit"):
         raise app.UsageError("--image_size applies to ViT architectures only")
-    if FLAGS.autoencoder:
-        if FLAGS.tiny:
-            from sce_jax.models.autoencoder_tiny import AutoencoderTiny as cls
+    try:
+        if FLAGS.autoencoder:
+            model = GENERATOR_KINDS[FLAGS.kind].from_pretrained(FLAGS.autoencoder)
         else:
-            from sce_jax.models.autoencoder_kl import AutoencoderKL as cls
-        model = cls.from_pretrained(FLAGS.autoencoder)
-    else:
-        from sce_jax.weights.torchvision_import import load_torchvision_classifier
-        model = load_torchvision_classifier(FLAGS.classifier, FLAGS.arch,
-                                            num_classes=FLAGS.num_classes or None,
-                                            image_size=FLAGS.image_size or None)
+            from sce_jax.weights.torchvision_import import load_torchvision_classifier
+            model = load_torchvision_classifier(FLAGS.classifier, FLAGS.arch,
+                                                num_classes=FLAGS.num_classes or None,
+                                                image_size=FLAGS.image_size or None)
+    except (ValueError, OSError) as e:  # a missing or unreadable checkpoint names itself
+        return command_line.error(command_line.plain_message(e))
     path = save_model(model, FLAGS.out)
     print(f"wrote {type(model).__name__} to {path}")
 

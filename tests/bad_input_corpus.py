@@ -142,7 +142,7 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
         Case("npz without images", {src: npz("a.npz", x_train=grey)},
              r"has no array 'images' \(it holds: x_train\)"),
         Case("npz without labels", {src: npz("b.npz", images=grey)},
-             r"has no array 'labels' .*data.npz_labels_key=''"),
+             r"has no array 'labels' .*data.npz.labels_key=''"),
         Case("npz with NaN in every image", {src: npz("c.npz", images=np.full(
             (2, 16, 16), np.nan, np.float32), labels=[0, 1])}, r"NaN or infinite pixels in every image"),
         Case("npz label out of range", {src: npz("d.npz", images=grey, labels=[1, 3])},
@@ -189,6 +189,8 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
         Case("no classifier", {"classifier.checkpoint": ""}, r"classifier.checkpoint is empty"),
         Case("two generators", {"generator.diffusers": path("empty")},
              r"set only one of generator.checkpoint and generator.diffusers"),
+        Case("unknown generator kind", {"generator.kind": "vq"},
+             r"unknown generator.kind 'vq'; known: kl, tiny"),
         Case("unknown generator dtype", {"generator.dtype": "float16"},
              r"generator.dtype='float16': must be float32 or bfloat16"),
         Case("class names for another number of outputs", {"classifier.class_names": tuple("abcdefghij")},
@@ -207,7 +209,8 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
              r"target class 3 is out of range: "),
         Case("kind class without a class", {"targets.kind": "class"},
              r"targets.kind='class' needs targets.class_index >= 0"),
-        Case("unknown target kind", {"targets.kind": "nearest"}, r"targets.kind='nearest': must be one of"),
+        Case("unknown target kind", {"targets.kind": "nearest"},
+             r"unknown targets.kind 'nearest'; known: other, class, flip, all_others, csv"),
         # search values
         Case("steps 0", {"search.steps": 0}, r"search config steps=0: must be >= 1"),
         Case("attempts 0", {"search.attempts": 0}, r"search config attempts=0: must be >= 1"),

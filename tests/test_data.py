@@ -272,8 +272,8 @@ def test_npz_errors(tmp_path):
         _open(tmp_path / "no_images.npz")
     assert str(e.value) == (f"{tmp_path / 'no_images.npz'} has no array 'images' (it holds: "
                             "train_images, train_labels); choose the images key "
-                            "(config: data.npz_images_key)")
-    with pytest.raises(DataError, match=r"has no array 'labels' .*data.npz_labels_key=''"):
+                            "(config: data.npz.images_key)")
+    with pytest.raises(DataError, match=r"has no array 'labels' .*data.npz.labels_key=''"):
         _open(tmp_path / "no_images.npz", images_key="train_images")
     nan = np.zeros((4, 4, 4), np.float32)
     nan[2, 1, 1] = np.nan

@@ -351,7 +351,7 @@ def test_a_real_run_evaluates_in_agreement_with_its_manifest(shared, tmp_path):
         # the search's float image vs its 8-bit file: at most half a grey level apart
         assert row["pixel_l1"] == pytest.approx(record["pixel_l1"], abs=0.5 / 255)
         assert row["search_latent_l2"] == record["latent_l2"]
-    assert result["ground_truth"]["note"].endswith("is not an .npz with factor boxes")
+    assert result["ground_truth"]["note"].endswith("has no known factor regions")
     assert not os.path.exists(os.path.join(workdir, "report.html"))  # the run wrote none
 
 

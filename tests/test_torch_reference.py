@@ -283,8 +283,10 @@ def test_gradient_processing_and_optimizer_match_optax(optimizer):
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.4, 1.5, 2.7])
-def test_gaussian_taps_are_sce_jax_taps(sigma):
-    np.testing.assert_array_equal(torch_search.gaussian_taps(sigma), masks.gaussian_kernel1d(sigma))
+def test_gaussian_blur_matches_sce_jax(sigma):
+    maps = np.random.default_rng(1).uniform(0, 1, (2, 9, 7, 1)).astype(np.float32)
+    np.testing.assert_allclose(_nhwc(torch_search.gaussian_blur(_nchw(maps), sigma)),
+                               masks.gaussian_blur(jnp.asarray(maps), sigma), atol=1e-6)
 
 
 def test_mask_operations_match_sce_jax():

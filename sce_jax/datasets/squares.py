@@ -14,6 +14,9 @@ Each image (64x64 RGB by default) is a flat background with one axis-aligned squ
 The factors come back with the images, so a metric can check which one a counterfactual
 changed (:func:`factor_masks` gives the regions for
 :func:`sce_jax.metrics.ground_truth.factor_changes`: factor 0 = square, 1 = background).
+A test set written by :func:`write_test_set` is read back as a data source of its own
+(:class:`SquaresDataset`, ``data.format = "squares"``, also chosen for any ``.npz`` holding
+``boxes``), whose :meth:`SquaresDataset.factor_masks` gives the evaluation those regions.
 
 Determinism: example ``i`` is drawn from row ``i`` of one (N, 11) uniform matrix of
 ``numpy.random.default_rng(seed)``, so ``generate(n, seed=s)`` is the first ``n`` examples
@@ -24,10 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+from typing import Sequence
 
 import numpy as np
 
-from sce_jax.data import write_npz
+from sce_jax.data import Dataset, NpzDataset, write_npz
 
 IMAGE_SIZE = 64
 CLASS_NAMES = ("red square", "green square")
@@ -132,3 +137,48 @@ def write_test_set(path: str, *, num: int, seed: int, confounder_rate: float = 0
             "confounder_rate": confounder_rate, "measured_agreement": agreement,
             "image_size": image_size, "class_names": list(CLASS_NAMES),
             "factor_names": list(FACTOR_NAMES)}
+
+
+class SquaresDataset(NpzDataset):
+    """A squares test set (:func:`write_test_set`): its images and labels, and the factor
+    regions of each example from its ``boxes`` (in the stored images' pixels)."""
+
+    @staticmethod
+    def matches(source: str) -> bool:
+        """An ``.npz`` that holds ``boxes`` (read from the file's index, not its arrays)."""
+        if not source.lower().endswith(".npz") or not os.path.isfile(source):
+            return False
+        try:
+            with np.load(source, allow_pickle=False) as npz:
+                return "boxes" in npz.files
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+            return False
+
+    @staticmethod
+    def options():
+        return Dataset.options()  # none: the layout write_test_set writes
+
+    @classmethod
+    def open(cls, source, *, limit, class_names, options, **geometry):
+        return cls(source, limit=limit, **geometry)
+
+    def __init__(self, path: str, *, limit: int | None = None, **geometry):
+        super().__init__(path, images_key="images", labels_key="labels", limit=limit, **geometry)
+        with np.load(path, allow_pickle=False) as npz:
+            self._boxes = np.asarray(npz["boxes"]) if "boxes" in npz.files else None
+
+    def factor_masks(self, example_ids: Sequence[int]) -> tuple[np.ndarray | None, str]:
+        """``((N, 2, S, S) regions, "")`` (:func:`factor_masks`: 0 = square, 1 = background)
+        of these examples, or ``(None, why not)`` when the run resized the images (the boxes
+        are in the stored pixels) or the boxes do not cover the examples."""
+        height, width = self.image_size
+        if self.stored_size != (height, width) or height != width:
+            return None, (f"the run resized the {self.stored_size} images to {(height, width)}; "
+                          "the boxes are in the stored images' pixels")
+        ids = np.asarray(example_ids, np.int64)
+        boxes = self._boxes
+        if (boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4
+                or (ids.size and ids.max() >= len(boxes))):
+            shape = None if boxes is None else boxes.shape
+            return None, f"{self.source}: 'boxes' of shape {shape} do not cover the examples"
+        return factor_masks(boxes[ids], height), ""

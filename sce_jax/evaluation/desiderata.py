@@ -21,8 +21,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sce_jax import metrics
+from sce_jax.registry import Registry
+from sce_jax.search import targets as target_lib
 
-KINDS = ("class", "other", "flip")
+KINDS = target_lib.KINDS.names()
 
 
 def flip_values(original_logits: np.ndarray, targets: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
@@ -59,10 +61,28 @@ def target_reached(logits: np.ndarray, targets: np.ndarray, values: np.ndarray,
 def distances(originals: np.ndarray, counterfactuals: np.ndarray,
               latent_originals: np.ndarray | None = None,
               latent_counterfactuals: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per row: ``pixel_l1/l2`` (and ``latent_l1/l2``), ``changed_fraction``, ``hoyer``."""
+    """Per row: ``pixel_l1/l2`` (and ``latent_l1/l2``)."""
     out = metrics.proximity(originals, counterfactuals, latent_originals, latent_counterfactuals)
-    out.update(metrics.sparsity(originals, counterfactuals))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+# Measures of each counterfactual against its original on the written images: name ->
+# ``(originals, counterfactuals) -> {column: (N,) values}``. Every column is a column of
+# counterfactuals.csv, and its float columns are summarised in the run's summary.
+IMAGE_MEASURES = Registry("image measure", {
+    "sparsity": "sce_jax.metrics.sparsity:sparsity",  # changed_fraction, hoyer
+    "background": "sce_jax.evaluation.desiderata:background_measures",  # background_share, _spot
+})
+
+
+def image_measures(originals: np.ndarray, counterfactuals: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row, every column of every :data:`IMAGE_MEASURES` entry (floats as float64)."""
+    out: dict[str, np.ndarray] = {}
+    for measure in IMAGE_MEASURES.values():
+        for column, values in measure(originals, counterfactuals).items():
+            values = np.asarray(values)
+            out[column] = values.astype(np.float64) if values.dtype.kind == "f" else values
+    return out
 
 
 def attempt_diversity(originals: np.ndarray, counterfactuals: np.ndarray, valid: np.ndarray,

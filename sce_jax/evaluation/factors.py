@@ -1,8 +1,8 @@
 """Ground-truth fidelity for runs on data with known factor regions (the squares benchmark).
 
-A run qualifies when its data source is an ``.npz`` holding ``boxes`` ((N, 4) top, left,
-height, width of the square, as :func:`sce_jax.datasets.squares.write_test_set` writes them)
-and its images were not resized (the boxes are in the stored images' pixels). The factor
+A run qualifies when its data source knows its examples' factor regions
+(:meth:`sce_jax.data.Dataset.factor_masks`; the squares test sets of
+:func:`sce_jax.datasets.squares.write_test_set` do, at their stored size). The factor
 regions are :func:`sce_jax.datasets.squares.factor_masks` (0 = square, 1 = background), and
 :func:`sce_jax.metrics.factor_changes` / :func:`sce_jax.metrics.factors_found` measure each
 counterfactual. Summaries:
@@ -22,32 +22,23 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from sce_jax import metrics
+from sce_jax import data, metrics
 from sce_jax.datasets import squares
 
 
 def factor_regions(config: ml_collections.ConfigDict, example_ids: Sequence[int],
                    image_shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
-    """``((N, F, H, W) masks, "")`` for the rows' examples, or ``(None, why not)``."""
-    source = str(config.data.source)
-    if not source.lower().endswith(".npz"):
-        return None, "the data source is not an .npz with factor boxes"
+    """``((N, F, H, W) masks, "")`` for the rows' examples, or ``(None, why not)``: the run's
+    data source (``config.data``) opened again and asked for its factor masks."""
     try:
-        with np.load(source, allow_pickle=False) as npz:
-            if "boxes" not in npz:
-                return None, f"{source} holds no 'boxes' (no known factors)"
-            boxes = np.asarray(npz["boxes"])
-            stored = tuple(npz[str(config.data.npz_images_key)].shape[1:3])
-    except (OSError, ValueError, KeyError) as e:
-        return None, f"{source} cannot be read for its factor boxes ({e})"
-    height, width = image_shape[:2]
-    if stored != (height, width) or height != width:
-        return None, (f"the run resized the {stored} images to {(height, width)}; the boxes "
-                      "are in the stored images' pixels")
-    ids = np.asarray(example_ids, np.int64)
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or (ids.size and ids.max() >= len(boxes)):
-        return None, f"{source}: 'boxes' of shape {boxes.shape} do not cover the examples"
-    return squares.factor_masks(boxes[ids], height), ""
+        dataset = data.open_configured(config.data)
+    except data.DataError as e:
+        return None, f"{config.data.source} cannot be read for its factor regions ({e})"
+    masks, why = dataset.factor_masks(example_ids)
+    if masks is not None and tuple(masks.shape[2:]) != tuple(image_shape[:2]):
+        return None, (f"the factor regions are {tuple(masks.shape[2:])} but the run's images "
+                      f"are {tuple(image_shape[:2])}")
+    return masks, why
 
 
 def fidelity(originals: np.ndarray, counterfactuals: np.ndarray, valid: np.ndarray,

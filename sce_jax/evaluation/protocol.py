@@ -261,6 +261,7 @@ def evaluate_run(run: RunOutputs, options: EvaluationOptions = EvaluationOptions
     groups = attempt_groups(run.produced)
     valid, flips, surrogate_path = np.zeros(0, bool), None, None
     per_row: dict[str, np.ndarray] = {}
+    measures: dict[str, np.ndarray] = {}  # the columns of desiderata.IMAGE_MEASURES
     diversity = {k: np.zeros(0) for k in DIVERSITY_FIELDS}
     realism: dict[str, Any] = {"fid": None, "kid": None, "kid_std": None}
     latent_note, ground_truth = "no counterfactuals", {"note": "no counterfactuals"}
@@ -268,16 +269,19 @@ def evaluate_run(run: RunOutputs, options: EvaluationOptions = EvaluationOptions
         valid, flips, surrogate_path = _judge(run, first, options, networks)
         latent_x, latent_cf, latent_note = _latents(run, first, options, networks)
         per_row = desiderata.distances(run.originals, run.counterfactuals, latent_x, latent_cf)
+        measures = desiderata.image_measures(run.originals, run.counterfactuals)
+        per_row.update(measures)
         diversity = desiderata.attempt_diversity(run.originals, run.counterfactuals, valid, groups)
         logging.info("%s: distances, sparsity and diversity done", run.name)
         realism = _realism(run, valid, first, options, networks)
         gt_rows, ground_truth = _ground_truth(run, valid, groups)
         per_row.update(gt_rows)
-        per_row.update(desiderata.background_measures(run.originals, run.counterfactuals))
 
     rows = _rows(run, valid, per_row, flips)
     fields = [f for f in DISTANCE_FIELDS if any(row.get(f) is not None for row in rows)]
     fields += sorted(k for k in per_row if k.startswith(("gt_share", "gt_intensity")))
+    fields += [k for k, v in measures.items() if v.dtype.kind == "f" and k not in fields
+               and k not in DISTANCE_FIELDS]  # a measure's columns are summarised too
     skips = [r for r in run.records if r.get("status") != "ok"]
     summary = metrics.summarise_records(rows + skips, fields=fields)
     summary_all = metrics.summarise_records(rows + skips, over="ok", fields=fields)

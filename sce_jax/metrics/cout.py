@@ -43,10 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sce_jax.classifier import HEADS
 from sce_jax.metrics import _arrays
 from sce_jax.metrics.batching import map_in_batches
-
-HEADS = ("multiclass", "multilabel")
 
 
 @jax.jit

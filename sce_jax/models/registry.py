@@ -1,21 +1,19 @@
-"""The model classes that checkpoints may name, by class name (explicit, fails early)."""
+"""The model classes that checkpoints may name, by class name (explicit, fails early).
+
+The classes are those of the registries in :mod:`sce_jax.model_kinds` (generator kinds,
+classifier and prior networks, other models), so registering a kind there is enough for its
+checkpoints to load.
+"""
 
 from __future__ import annotations
 
 
 def model_classes() -> dict[str, type]:
-    from sce_jax.models.autoencoder_kl import AutoencoderKL
-    from sce_jax.models.autoencoder_tiny import AutoencoderTiny
-    from sce_jax.models.densenet import DenseNet
-    from sce_jax.models.inception import InceptionV3
-    from sce_jax.models.latent_flow import LatentFlowTransformer
-    from sce_jax.models.resnet import ResNet
-    from sce_jax.models.small_cnn import SmallCNN
-    from sce_jax.models.vit import VisionTransformer
+    from sce_jax import model_kinds
 
-    classes = (AutoencoderKL, AutoencoderTiny, ResNet, DenseNet, SmallCNN, InceptionV3,
-               LatentFlowTransformer, VisionTransformer)
-    return {cls.__name__: cls for cls in classes}
+    registries = (model_kinds.GENERATOR_KINDS, model_kinds.CLASSIFIER_NETWORKS,
+                  model_kinds.PRIOR_NETWORKS, model_kinds.OTHER_MODELS)
+    return {cls.__name__: cls for registry in registries for cls in registry.values()}
 
 
 def model_class(name: str, *, where: str = "") -> type:

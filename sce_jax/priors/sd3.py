@@ -64,3 +64,10 @@ def sd3_prior(model: SD3Transformer2DModel, *, name: str | None = None) -> Prior
         return sd3_velocity(nnx.merge(graphdef, params), z_t, t, context)
 
     return Prior(velocity, state, needs_context=True, name=name or "sd3")
+
+
+def from_diffusers(path: str, dtype: Any) -> Prior:
+    """The prior of an SD3 transformer read from a diffusers folder, pipeline folder (its
+    ``transformer/``) or cached repo id, computing and storing its weights in ``dtype``
+    (the ``prior.kind = "sd3"`` entry of :data:`sce_jax.model_kinds.DIFFUSERS_PRIORS`)."""
+    return sd3_prior(SD3Transformer2DModel.from_pretrained(path, dtype=dtype, param_dtype=dtype))

@@ -119,8 +119,7 @@ def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
                   settings: SearchSettings, kind: str,
                   progress: Callable | None = None) -> Explanation:
     """All K attempts of the search for one batch (see the module docstring)."""
-    if kind not in targets.KINDS:
-        raise ValueError(f"unknown target kind {kind!r}; one of {targets.KINDS}")
+    targets.KINDS.get(kind)  # an unknown kind raises, naming the known ones
     spec = models.generator
     use_prior = settings.prior.active
     if use_prior and models.velocity_fn is None:

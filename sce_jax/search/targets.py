@@ -16,51 +16,87 @@ for attribute flips, the desired decision ``value`` (B,) in {0, 1}. ``kind`` is 
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
 
-KINDS = ("class", "other", "flip")
+from sce_jax.registry import Registry
 
 
 def _take(logits, target):
     return jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
 
 
+@dataclasses.dataclass(frozen=True)
+class TargetKind:
+    """One target kind: what the search minimises and when the target is reached.
+
+    Attributes:
+      head: the classifier head the kind is for (``sce_jax.classifier.HEADS``).
+      loss: ``(logits, target, value, temperature, class_loss) -> (B,)`` loss.
+      probability: ``(logits, target, value) -> (B,)`` probability of the target decision.
+      decided: ``(logits, target, value, p) -> (B,) bool``: the classifier gives the target
+        decision (before the goal probability is asked for).
+    """
+
+    head: str
+    loss: Callable
+    probability: Callable
+    decided: Callable
+
+
+def _class_loss(logits, target, value, temperature, class_loss):
+    if class_loss == "logit":
+        return -_take(logits, target)
+    return optax.softmax_cross_entropy_with_integer_labels(logits / temperature, target)
+
+
+def _other_loss(logits, target, value, temperature, class_loss):
+    scaled = logits / temperature
+    others = jnp.where(jax.nn.one_hot(target, logits.shape[-1], dtype=bool), -jnp.inf, scaled)
+    return jax.nn.logsumexp(scaled, axis=-1) - jax.nn.logsumexp(others, axis=-1)
+
+
+def _flip_loss(logits, target, value, temperature, class_loss):
+    return optax.sigmoid_binary_cross_entropy(_take(logits / temperature, target), value)
+
+
+def _flip_probability(logits, target, value):
+    p = jax.nn.sigmoid(_take(logits, target))
+    return jnp.where(value > 0.5, p, 1.0 - p)
+
+
+# The search's target kinds (static arguments of the compiled search).
+KINDS: Registry[TargetKind] = Registry("target kind", {
+    "class": TargetKind(
+        "multiclass", _class_loss,
+        lambda logits, target, value: _take(jax.nn.softmax(logits, axis=-1), target),
+        lambda logits, target, value, p: jnp.argmax(logits, axis=-1) == target),
+    "other": TargetKind(
+        "multiclass", _other_loss,
+        lambda logits, target, value: 1.0 - _take(jax.nn.softmax(logits, axis=-1), target),
+        lambda logits, target, value, p: jnp.argmax(logits, axis=-1) != target),
+    "flip": TargetKind(
+        "multilabel", _flip_loss, _flip_probability,
+        lambda logits, target, value, p: p > 0.5),
+})
+
+
 def target_loss(logits, target, value, *, kind: str, temperature: float, class_loss: str = "ce"):
     """Per-example classification loss (B,) that the search minimises."""
-    scaled = logits / temperature
-    if kind == "class":
-        if class_loss == "logit":
-            return -_take(logits, target)
-        return optax.softmax_cross_entropy_with_integer_labels(scaled, target)
-    if kind == "other":
-        others = jnp.where(jax.nn.one_hot(target, logits.shape[-1], dtype=bool), -jnp.inf, scaled)
-        return jax.nn.logsumexp(scaled, axis=-1) - jax.nn.logsumexp(others, axis=-1)
-    if kind == "flip":
-        return optax.sigmoid_binary_cross_entropy(_take(scaled, target), value)
-    raise ValueError(f"unknown target kind {kind!r}; one of {KINDS}")
+    return KINDS[kind].loss(logits, target, value, temperature, class_loss)
 
 
 def target_probability(logits, target, value, *, kind: str):
     """Probability (B,) of the target decision at temperature 1."""
-    if kind == "class":
-        return _take(jax.nn.softmax(logits, axis=-1), target)
-    if kind == "other":
-        return 1.0 - _take(jax.nn.softmax(logits, axis=-1), target)
-    if kind == "flip":
-        p = jax.nn.sigmoid(_take(logits, target))
-        return jnp.where(value > 0.5, p, 1.0 - p)
-    raise ValueError(f"unknown target kind {kind!r}; one of {KINDS}")
+    return KINDS[kind].probability(logits, target, value)
 
 
 def target_reached(logits, target, value, *, kind: str, goal_probability: float = 0.0):
     """Whether the classifier gives the target decision (B,) bool."""
     p = target_probability(logits, target, value, kind=kind)
-    if kind == "class":
-        decided = jnp.argmax(logits, axis=-1) == target
-    elif kind == "other":
-        decided = jnp.argmax(logits, axis=-1) != target
-    else:
-        decided = p > 0.5
-    return decided & (p >= goal_probability)
+    return KINDS[kind].decided(logits, target, value, p) & (p >= goal_probability)
+

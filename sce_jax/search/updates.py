@@ -19,12 +19,15 @@ import optax
 from sce_jax.search.config import SearchSettings
 
 
+NORM_FLOOR = 1e-12  # the clipped norm's floor: a zero gradient stays zero, never 0 / 0
+
+
 def clip_per_example(grad, max_norm: float):
     if max_norm <= 0:
         return grad
     flat = grad.reshape(grad.shape[0], -1)
     norm = jnp.sqrt(jnp.sum(flat * flat, axis=-1))
-    factor = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+    factor = jnp.minimum(1.0, max_norm / jnp.maximum(norm, NORM_FLOOR))
     return grad * factor.reshape((-1,) + (1,) * (grad.ndim - 1))
 
 
