@@ -24,6 +24,8 @@ The argument names the variant; each changes exactly one key of the demo's confi
     goal_0.75         search.goal_probability = 0.75
     no_fill           search.mask.fill_holes = False: the mask may close onto a ring
     keep_spots        search.reject_background_spots = False: later attempts may return spots
+    no_area_cap       search.mask.max_area = 1: the mask may cover the whole image (squares
+                      caps it at 0.4; Fashion-MNIST ships no cap, so there it equals "full")
 
 ``,squares`` bases the variant on the squares demo instead of Fashion-MNIST;
 ``,tiny`` appends the shrink of ``configs/fashion_mnist.py:tiny`` (4 images, 5 steps, 2 noise
@@ -49,6 +51,7 @@ CHANGED_KEYS = {
     "goal_0.75": "search.goal_probability",
     "no_fill": "search.mask.fill_holes",
     "keep_spots": "search.reject_background_spots",
+    "no_area_cap": "search.mask.max_area",
 }
 VARIANTS = tuple(CHANGED_KEYS)
 OPTIONS = ("tiny", "squares")
@@ -146,10 +149,19 @@ def keep_spots(c):
     c.search.reject_background_spots = False
 
 
+def no_area_cap(c):
+    """No cap on the mask's area: it may grow over the whole image.
+
+    python scripts/explain.py --config=configs/ablation.py:no_area_cap,squares --workdir=runs/ablation_squares/no_area_cap
+    """
+    c.search.mask.max_area = 1.0
+
+
 APPLY = {"full": full, "no_smoothing": no_smoothing, "latent_smoothing": latent_smoothing,
          "no_mask": no_mask, "no_lock": no_lock, "single_attempt": single_attempt,
          "no_prior": no_prior, "prior_weak": prior_weak, "prior_strong": prior_strong,
-         "goal_0.5": goal_05, "goal_0.75": goal_075, "no_fill": no_fill, "keep_spots": keep_spots}
+         "goal_0.5": goal_05, "goal_0.75": goal_075, "no_fill": no_fill, "keep_spots": keep_spots,
+         "no_area_cap": no_area_cap}
 
 
 def parse_arg(arg: str | None) -> tuple[str, tuple[str, ...]]:
