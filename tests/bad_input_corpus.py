@@ -218,7 +218,7 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
         Case("NaN learning rate", {"search.learning_rate": float("nan")},
              r"learning_rate=nan: must be a finite number"),
         Case("infinite l2", {"search.l2": float("inf")}, r"l2=inf: must be a finite number"),
-        Case("temperature 0", {"search.temperature": 0.0}, r"temperature=0.0: must be >= 1e-06"),
+        Case("temperature 0", {"search.temperature": 0.0}, r"temperature=0.0: must be > 0"),
         Case("no smoothing samples", {"search.smoothing.num_samples": 0}, r"num_samples=0: must be >= 1"),
         Case("negative smoothing sigma", {"search.smoothing.sigma": -1.0}, r"smoothing.sigma=-1.0: must be >= 0"),
         Case("unknown optimizer", {"search.optimizer": "rmsprop"}, r"optimizer='rmsprop': must be one of"),

@@ -239,7 +239,7 @@ def test_config_errors_name_the_problem():
                                 ("steps", 0, r"steps=0: must be >= 1"),
                                 ("attempts", 0, r"attempts=0: must be >= 1"),
                                 ("learning_rate", -1.0, r"learning_rate=-1.0: must be >= 0"),
-                                ("temperature", 0.0, r"temperature=0.0: must be >= 1e-06"),
+                                ("temperature", 0.0, r"temperature=0.0: must be > 0"),
                                 ("smoothing", {"num_samples": 0}, r"num_samples=0: must be >= 1"),
                                 ("optimizer", "rmsprop", r"optimizer='rmsprop': must be one of")]:
         with pytest.raises(search_config.SearchConfigError, match=message):
