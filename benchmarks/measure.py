@@ -19,12 +19,13 @@ from benchmarks.torch_setup import TorchOptions
 
 
 def _demo_prior():
+    """The shipped Fashion-MNIST prior and the prior settings its demo config runs it with."""
+    from sce_jax.config_files import load_config_module
     from sce_jax.loaders import load_prior
-    from sce_jax.run_config import base_run_config
 
-    config = base_run_config().prior
-    config.checkpoint = os.path.join(model_pairs.DEMO_DIR, "prior")
-    return load_prior(config)
+    demo = load_config_module(os.path.join(model_pairs.ROOT, "configs", "fashion_mnist.py"))
+    config = demo.get_config()
+    return load_prior(config.prior), config.search.prior
 
 
 def measure_setting(setting, impls: tuple[str, ...], steps: int, repeats: int,
@@ -71,7 +72,9 @@ def measure_setting(setting, impls: tuple[str, ...], steps: int, repeats: int,
             if setting.models != "demo":
                 record[impl] = {"skipped": "the prior is timed on the shipped demo only"}
                 continue
-            record[impl] = measure_jax(pair, setting, steps, repeats, prior=_demo_prior())
+            prior, prior_config = _demo_prior()
+            record[impl] = measure_jax(pair, setting, steps, repeats, prior=prior,
+                                       prior_config=prior_config)
         elif impl == "torch_bf16":
             record[impl] = measure_torch(pair, setting, steps, repeats, torch_options,
                                          generator=pair.torch_generator.in_bfloat16())

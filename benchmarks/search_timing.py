@@ -60,9 +60,10 @@ def summarise(first: float, calls: list[float], step_times: list[float], steps: 
 
 
 def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=None,
-                prior=None) -> dict:
+                prior=None, prior_config=None) -> dict:
     """Times sce_jax's Explainer: whole calls, and each step through the progress callback
-    (with the generative ``prior`` in the loop when one is given)."""
+    (with the generative ``prior`` in the loop when one is given, run with the search's
+    ``prior_config`` keys: strength, Euler steps, ...)."""
     from sce_jax import Explainer
 
     stamps: list[tuple[int, float]] = []
@@ -72,6 +73,8 @@ def measure_jax(pair: ModelPair, setting, steps: int, repeats: int, generator=No
 
     config = search_config(setting, steps)
     config.progress_every = 1
+    if prior_config is not None:
+        config.prior.update(prior_config)
     config.prior.enabled = prior is not None
     explainer = Explainer(generator or pair.jax_generator, pair.jax_classifier,
                           search_settings(config), progress=progress, prior=prior)
