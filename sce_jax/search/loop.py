@@ -133,6 +133,10 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
         p = targets.target_probability(out.logits, inp.target, inp.value, kind=kind)
         reached = targets.target_reached(out.logits, inp.target, inp.value, kind=kind,
                                          goal_probability=settings.goal_probability)
+        if mask_cfg.enabled and mask_cfg.max_area < 1:
+            # A capped mask is a promise about the result: no success before the first mask
+            # (made at step warmup_steps) has confined the edit.
+            reached = reached & (s.step > mask_cfg.warmup_steps)
         finite = objectives.all_finite(out.grad, out.logits, z_eval)
         active = ~s.done
         improve = active & finite & (p > s.best_p)
