@@ -1,0 +1,210 @@
+"""The host side of continuous batching: a queue of attempts refilled into search slots.
+
+Searches arrive in blocks (a :class:`~sce_jax.search.engine.Batch` whose rows are searches,
+plus a group key per row: the rows of one example, e.g. one per target, share a key and come
+in the same block). Each block is encoded by its own jitted function
+(:func:`sce_jax.search.engine.encode`); each search then needs attempts ``0 .. K-1``, one
+after the other (attempt ``k`` is locked out of what the successful attempts before it
+changed). The loop::
+
+    while attempts are pending or slots are busy:
+        fill every free slot with the next pending attempt (a search's next attempt first,
+            then new searches, encoding the next block when the queue runs short)
+        advance all slots by one chunk of steps             (one device call, no per-step sync)
+        for every slot whose attempt is over: record its outcome, update the search's lock,
+            queue the search's next attempt or, when a group's searches are all done,
+            yield the group's Explanation
+
+A result is yielded only when every attempt of every search of its group is done, so a
+consumer that writes what it receives never writes half an example; work on the slots when
+the consumer stops is simply dropped. ``work`` counts the example-steps computed
+(slots x steps of every chunk) and the useful ones (slots still searching).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Hashable, Iterable, Iterator
+
+import jax
+import numpy as np
+
+from sce_jax import parallel
+from sce_jax.search import engine
+from sce_jax.search.engine import Batch, Explanation
+from sce_jax.search import slots as slot_search
+from sce_jax.search.slots import SlotInputs, SlotSearch
+
+DEFAULT_CHUNK_STEPS = 8   # steps between refills: a slot idles at most this many steps - 1
+
+_encode = jax.jit(engine.encode, static_argnames=("models", "settings", "kind"))
+
+
+@dataclasses.dataclass
+class _Search:
+    group: Hashable
+    enc: engine.Encoded       # this search's row (numpy)
+    example_id: int
+    region: np.ndarray
+    context: Any
+    locked: np.ndarray
+    attempts: list = dataclasses.field(default_factory=list)   # outcome rows, one per attempt
+
+
+@dataclasses.dataclass
+class _Group:
+    searches: list
+    pending: int
+
+
+@dataclasses.dataclass
+class SlotWork:
+    """Example-steps of the slot engine: ``computed`` (slots x steps run) and ``useful``."""
+
+    computed: int = 0
+    useful: int = 0
+    chunks: int = 0
+    refills: int = 0
+
+    @property
+    def useful_share(self) -> float:
+        return self.useful / self.computed if self.computed else float("nan")
+
+
+def _row(tree, i):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def _stack(rows):
+    return jax.tree.map(lambda *a: np.stack(a), *rows)
+
+
+class SlotScheduler:
+    """Runs searches through ``slots`` search slots (see the module docstring).
+
+    Args:
+      models, settings, kind: the search (as for :func:`sce_jax.search.engine.explain_batch`).
+      params: the models' parameters, placed (replicated on ``mesh`` when there is one).
+      slots: searches in flight; rounded up to a multiple of the mesh's devices.
+      chunk_steps: steps of every slot between two refills.
+      mesh: the slots are sharded over its ``data`` axis (one process only).
+    """
+
+    def __init__(self, models: engine.SearchModels, settings, kind: str, params, *,
+                 slots: int, chunk_steps: int = DEFAULT_CHUNK_STEPS, mesh=None):
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        if jax.process_count() > 1:
+            raise ValueError("the slot engine runs in one process; with several processes "
+                             "use the batch engine (engine = 'batch')")
+        self.search = SlotSearch(models, settings, kind, int(chunk_steps))
+        self.settings = settings
+        self.params = params
+        self.mesh = mesh
+        self.slots = parallel.padded_size(slots, mesh)
+        self.work = SlotWork()
+        self._encode = functools.partial(_encode, models=models, settings=settings, kind=kind)
+
+    def _place(self, tree):
+        return parallel.shard_batch(tree, self.mesh) if self.mesh is not None else tree
+
+    def _ingest(self, batch: Batch, groups, queue, table) -> None:
+        """Encodes a block and queues attempt 0 of each of its valid rows."""
+        enc = jax.tree.map(parallel.local_rows, self._encode(self.params, batch))
+        host = jax.tree.map(parallel.local_rows, batch)
+        valid = np.asarray(host.valid, bool)
+        groups = list(groups)
+        members: dict[Hashable, list[_Search]] = collections.defaultdict(list)
+        for i in np.flatnonzero(valid[:len(groups)]):
+            s = _Search(group=groups[i], enc=_row(enc, i), example_id=int(host.example_ids[i]),
+                        region=np.asarray(host.regions[i], np.float32),
+                        context=None if host.context is None else _row(host.context, i),
+                        locked=np.zeros_like(host.regions[i], np.float32))
+            members[groups[i]].append(s)
+            queue.append(s)
+        for key, searches in members.items():
+            if key in table:
+                raise ValueError(f"group {key!r} was given in two blocks; a group's rows come "
+                                 "in one block")
+            table[key] = _Group(searches, len(searches))
+
+    def _inputs(self, occupants) -> SlotInputs:
+        """Host arrays of every slot's attempt (free slots repeat a filled one: never run)."""
+        filled = [o for o in occupants if o is not None]
+        rows = [o if o is not None else filled[0] for o in occupants]
+        return SlotInputs(
+            enc=_stack([s.enc for s, _ in rows]),
+            example_ids=np.asarray([s.example_id for s, _ in rows], np.int32),
+            attempt=np.asarray([k for _, k in rows], np.int32),
+            region=np.stack([s.region for s, _ in rows]),
+            locked=np.stack([s.locked for s, _ in rows]),
+            context=None if rows[0][0].context is None else _stack([s.context for s, _ in rows]))
+
+    def run(self, blocks: Iterable[tuple[Batch, Iterable[Hashable]]]
+            ) -> Iterator[tuple[Hashable, Explanation]]:
+        """Yields ``(group, Explanation)`` (numpy, one row per search of the group, in block
+        order) as soon as each group's searches have all their attempts."""
+        blocks = iter(blocks)
+        attempts = self.settings.attempts
+        queue: collections.deque = collections.deque()    # (search, attempt) to start
+        table: dict[Hashable, _Group] = {}
+        slot_of: list = [None] * self.slots                # (search, attempt) per slot
+        state = None
+        exhausted = False
+        while True:
+            free = [i for i, o in enumerate(slot_of) if o is None]
+            while len(queue) < len(free) and not exhausted:
+                try:
+                    batch, groups = next(blocks)
+                except StopIteration:
+                    exhausted = True
+                    break
+                new = collections.deque()
+                self._ingest(batch, groups, new, table)
+                queue.extend((s, 0) for s in new)
+            fill = np.zeros(self.slots, bool)
+            for i in free:
+                if not queue:
+                    break
+                slot_of[i] = queue.popleft()
+                fill[i] = True
+            if not any(o is not None for o in slot_of):
+                return
+            if fill.any():
+                new = self._place(self._inputs(slot_of))
+                if state is None:
+                    state = jax.tree.map(
+                        lambda s: self._place(np.zeros(s.shape, s.dtype)),
+                        self.search.state_shapes(self.params, new))
+                state = slot_search.begin(self.search, self.params, state, self._place(fill), new)
+                self.work.refills += int(fill.sum())
+            state, work, finished, locked, outcome = slot_search.advance(self.search, self.params, state)
+            finished = parallel.local_rows(finished)
+            self.work.chunks += 1
+            self.work.computed += self.slots * int(work.iterations)
+            self.work.useful += int(work.useful)
+            done_slots = [i for i in np.flatnonzero(finished) if slot_of[i] is not None]
+            if not done_slots:
+                continue
+            locked, outcome = jax.tree.map(parallel.local_rows, (locked, outcome))
+            for i in done_slots:
+                search, k = slot_of[i]
+                slot_of[i] = None
+                search.attempts.append(_row(outcome, i))
+                search.locked = np.asarray(locked[i])
+                if k + 1 < attempts:
+                    queue.appendleft((search, k + 1))
+                    continue
+                group = table[search.group]
+                group.pending -= 1
+                if group.pending == 0:
+                    del table[search.group]
+                    yield search.group, _group_explanation(group.searches)
+
+
+def _group_explanation(searches: list[_Search]) -> Explanation:
+    per_attempt = _stack([_stack(s.attempts) for s in searches])
+    enc = _stack([s.enc for s in searches])
+    return engine.explanation(enc, per_attempt)
