@@ -13,6 +13,7 @@ import math
 import ml_collections
 
 from sce_jax.class_names import ClassNameError, class_index
+from sce_jax.run_slots import ENGINE_NAMES
 from sce_jax.search.config import default_search_config
 
 TARGET_KINDS = ("flip", "class", "other", "all_others", "csv")
@@ -65,6 +66,12 @@ def base_run_config() -> ml_collections.ConfigDict:
     c.search = default_search_config()
 
     c.batch_size = 8              # images per batch and process (at most the process's share)
+    c.engine = "auto"             # "slots": continuous batching, each search slot refilled as
+                                  # soon as its attempt is done (sce_jax/run_slots.py; one
+                                  # process); "batch": a batch runs until its slowest search is
+                                  # done; "auto": "slots" with one process, else "batch"
+    c.slots = 0                   # searches in flight (engine "slots"; 0: as many as a batch has)
+    c.chunk_steps = 8             # search steps between two refills of the slots
     c.max_memory_gb = 0.0         # refuse a search needing more per device (0: the device's
                                   # memory; on CPU the machine's RAM)
     c.output = ml_collections.ConfigDict()
@@ -116,6 +123,12 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
                         "targets.class_name")
     if config.batch_size < 1:
         problems.append(f"batch_size={config.batch_size}: must be >= 1")
+    if config.engine not in ENGINE_NAMES:
+        problems.append(f"engine={config.engine!r}: must be one of {ENGINE_NAMES}")
+    if config.slots < 0:
+        problems.append(f"slots={config.slots}: must be >= 0 (0: as many as a batch has)")
+    if config.chunk_steps < 1:
+        problems.append(f"chunk_steps={config.chunk_steps}: must be >= 1")
     if not (math.isfinite(config.max_memory_gb) and config.max_memory_gb >= 0):
         problems.append(f"max_memory_gb={config.max_memory_gb}: must be a finite number >= 0")
     if config.data.channels not in (1, 3):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import time
 from typing import Any, Hashable, Iterable, Iterator
 
 import jax
@@ -61,12 +62,17 @@ class _Group:
 
 @dataclasses.dataclass
 class SlotWork:
-    """Example-steps of the slot engine: ``computed`` (slots x steps run) and ``useful``."""
+    """Example-steps of the slot engine: ``computed`` (slots x steps run) and ``useful``;
+    ``seconds`` of wall time by phase: ``encode`` (new blocks), ``refill`` (preparing and
+    starting attempts), ``advance`` (the chunks, until their results are on the host),
+    ``harvest`` (recording finished attempts)."""
 
     computed: int = 0
     useful: int = 0
     chunks: int = 0
     refills: int = 0
+    seconds: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
+        ("encode", "refill", "advance", "harvest"), 0.0))
 
     @property
     def useful_share(self) -> float:
@@ -142,10 +148,35 @@ class SlotScheduler:
             locked=np.stack([s.locked for s, _ in rows]),
             context=None if rows[0][0].context is None else _stack([s.context for s, _ in rows]))
 
+    def compile(self, block: Batch):
+        """Compiles a chunk for blocks shaped like ``block`` (arrays or
+        ``jax.ShapeDtypeStruct``s); returns the ``jax.stages.Compiled`` (``memory_analysis()``
+        tells what the slots need)."""
+        sharding = parallel.batch_sharding(self.mesh) if self.mesh is not None else None
+        enc = jax.eval_shape(self._encode, self.params, block)
+
+        def rows(a, dtype=None):
+            return jax.ShapeDtypeStruct((self.slots,) + tuple(a.shape[1:]), dtype or a.dtype,
+                                        sharding=sharding)
+
+        new = SlotInputs(enc=jax.tree.map(rows, enc), example_ids=rows(block.example_ids, np.int32),
+                         attempt=rows(block.example_ids, np.int32),
+                         region=rows(block.regions, np.float32),
+                         locked=rows(block.regions, np.float32),
+                         context=jax.tree.map(rows, block.context))
+        state = jax.tree.map(rows, self.search.state_shapes(self.params, new))
+        return slot_search.advance.lower(self.search, self.params, state).compile()
+
     def run(self, blocks: Iterable[tuple[Batch, Iterable[Hashable]]]
             ) -> Iterator[tuple[Hashable, Explanation]]:
         """Yields ``(group, Explanation)`` (numpy, one row per search of the group, in block
         order) as soon as each group's searches have all their attempts."""
+        for finished in self.run_chunks(blocks):
+            yield from finished
+
+    def run_chunks(self, blocks: Iterable[tuple[Batch, Iterable[Hashable]]]
+                   ) -> Iterator[list[tuple[Hashable, Explanation]]]:
+        """As :meth:`run`, but one list per chunk that finished groups (to commit together)."""
         blocks = iter(blocks)
         attempts = self.settings.attempts
         queue: collections.deque = collections.deque()    # (search, attempt) to start
@@ -162,7 +193,9 @@ class SlotScheduler:
                     exhausted = True
                     break
                 new = collections.deque()
+                clock = time.perf_counter()
                 self._ingest(batch, groups, new, table)
+                self.work.seconds["encode"] += time.perf_counter() - clock
                 queue.extend((s, 0) for s in new)
             fill = np.zeros(self.slots, bool)
             for i in free:
@@ -172,22 +205,29 @@ class SlotScheduler:
                 fill[i] = True
             if not any(o is not None for o in slot_of):
                 return
+            clock = time.perf_counter()
             if fill.any():
                 new = self._place(self._inputs(slot_of))
                 if state is None:
                     state = jax.tree.map(
                         lambda s: self._place(np.zeros(s.shape, s.dtype)),
                         self.search.state_shapes(self.params, new))
-                state = slot_search.begin(self.search, self.params, state, self._place(fill), new)
+                state = jax.block_until_ready(
+                    slot_search.begin(self.search, self.params, state, self._place(fill), new))
                 self.work.refills += int(fill.sum())
+            self.work.seconds["refill"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             state, work, finished, locked, outcome = slot_search.advance(self.search, self.params, state)
             finished = parallel.local_rows(finished)
+            self.work.seconds["advance"] += time.perf_counter() - clock
             self.work.chunks += 1
             self.work.computed += self.slots * int(work.iterations)
             self.work.useful += int(work.useful)
             done_slots = [i for i in np.flatnonzero(finished) if slot_of[i] is not None]
             if not done_slots:
                 continue
+            ready = []
+            clock = time.perf_counter()
             locked, outcome = jax.tree.map(parallel.local_rows, (locked, outcome))
             for i in done_slots:
                 search, k = slot_of[i]
@@ -201,7 +241,10 @@ class SlotScheduler:
                 group.pending -= 1
                 if group.pending == 0:
                     del table[search.group]
-                    yield search.group, _group_explanation(group.searches)
+                    ready.append((search.group, _group_explanation(group.searches)))
+            self.work.seconds["harvest"] += time.perf_counter() - clock
+            if ready:
+                yield ready
 
 
 def _group_explanation(searches: list[_Search]) -> Explanation:
