@@ -31,7 +31,7 @@ from sce_jax.generator import Generator
 from sce_jax.prior import Prior
 from sce_jax.search.config import SearchSettings, settings_from_config
 from sce_jax.search.engine import Batch, Explanation, SearchModels, SearchParams, explain_batch
-from sce_jax.slot_scheduler import DEFAULT_CHUNK_STEPS, SlotScheduler
+from sce_jax.slot_scheduler import SlotScheduler
 
 
 class Explainer:
@@ -187,17 +187,17 @@ class Explainer:
         return jax.tree.map(lambda a: parallel.local_rows(a)[:size], out)
 
 
-    def slot_scheduler(self, kind: str, *, slots: int,
-                       chunk_steps: int = DEFAULT_CHUNK_STEPS) -> SlotScheduler:
+    def slot_scheduler(self, kind: str, *, slots: int, chunk_steps: int | None = None,
+                       min_slots: int | None = None) -> SlotScheduler:
         """A :class:`~sce_jax.slot_scheduler.SlotScheduler` over this explainer's models (its
         ``run`` takes blocks from :meth:`prepare_batch` with a group key per row)."""
         return SlotScheduler(self.models, self.settings, kind, self.search_params, slots=slots,
-                             chunk_steps=chunk_steps, mesh=self.mesh)
+                             chunk_steps=chunk_steps, min_slots=min_slots, mesh=self.mesh)
 
     def explain_stream(self, images: Iterable, targets: Iterable | None = None, *,
                        kind: str | None = None, example_ids: Iterable | None = None,
                        regions: Iterable | None = None, context=None, slots: int = 32,
-                       chunk_steps: int = DEFAULT_CHUNK_STEPS) -> Iterator[tuple[int, Explanation]]:
+                       chunk_steps: int | None = None) -> Iterator[tuple[int, Explanation]]:
         """Explains an iterable of images (H, W, C) through ``slots`` searches in flight.
 
         Yields ``(index, explanation)`` as each image's K attempts are done (not in input
@@ -206,7 +206,9 @@ class Explainer:
         keyed on the example id, default ``index``). ``targets``, ``example_ids`` and
         ``regions`` are iterables of per-image values, as for :meth:`explain`; ``context`` is
         one row given to every image. Images are read ``slots`` at a time, as the slots need
-        them. One process only (several: use :meth:`explain`).
+        them; ``chunk_steps``: steps between refills (default: a multiple of the mask period,
+        :func:`sce_jax.slot_scheduler.aligned_chunk_steps`). One process only (several: use
+        :meth:`explain`).
         """
         kind = kind or self.default_kind(targets is not None)
         rows = zip(images, targets if targets is not None else itertools.repeat(None),

@@ -519,7 +519,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
                                            skip_ids=done)
     searches_per_batch = batch_size * (classifier.num_outputs - 1 if config.targets.kind == "all_others" else 1)
     scheduler = (explainer.slot_scheduler(kind, slots=int(config.slots) or searches_per_batch,
-                                          chunk_steps=int(config.chunk_steps))
+                                          chunk_steps=int(config.chunk_steps) or None)
                  if engine == "slots" else None)
     if num_batches:  # compiles the search now: too large a search stops before any work
         announce(f"compiling the search for {scheduler.slots} slots ..." if scheduler else

@@ -71,7 +71,9 @@ def base_run_config() -> ml_collections.ConfigDict:
                                   # process); "batch": a batch runs until its slowest search is
                                   # done; "auto": "slots" with one process, else "batch"
     c.slots = 0                   # searches in flight (engine "slots"; 0: as many as a batch has)
-    c.chunk_steps = 8             # search steps between two refills of the slots
+    c.chunk_steps = 0             # search steps between two refills of the slots (0: the
+                                  # smallest multiple of search.mask.period >= 4, which keeps
+                                  # the slots' mask updates in step)
     c.max_memory_gb = 0.0         # refuse a search needing more per device (0: the device's
                                   # memory; on CPU the machine's RAM)
     c.output = ml_collections.ConfigDict()
@@ -127,8 +129,9 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
         problems.append(f"engine={config.engine!r}: must be one of {ENGINE_NAMES}")
     if config.slots < 0:
         problems.append(f"slots={config.slots}: must be >= 0 (0: as many as a batch has)")
-    if config.chunk_steps < 1:
-        problems.append(f"chunk_steps={config.chunk_steps}: must be >= 1")
+    if config.chunk_steps < 0:
+        problems.append(f"chunk_steps={config.chunk_steps}: must be >= 0 (0: a multiple of "
+                        "search.mask.period)")
     if not (math.isfinite(config.max_memory_gb) and config.max_memory_gb >= 0):
         problems.append(f"max_memory_gb={config.max_memory_gb}: must be a finite number >= 0")
     if config.data.channels not in (1, 3):

@@ -3,7 +3,8 @@
 Searches arrive in blocks (a :class:`~sce_jax.search.engine.Batch` whose rows are searches,
 plus a group key per row: the rows of one example, e.g. one per target, share a key and come
 in the same block). Each block is encoded by its own jitted function
-(:func:`sce_jax.search.engine.encode`); each search then needs attempts ``0 .. K-1``, one
+(:func:`sce_jax.search.engine.encode`; with a prior, also the reference ``P(z0)`` of each
+attempt, :meth:`~sce_jax.search.slots.SlotSearch.references`); each search then needs attempts ``0 .. K-1``, one
 after the other (attempt ``k`` is locked out of what the successful attempts before it
 changed). The loop::
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Hashable, Iterable, Iterator
 
@@ -38,9 +40,10 @@ from sce_jax.search.engine import Batch, Explanation
 from sce_jax.search import slots as slot_search
 from sce_jax.search.slots import SlotInputs, SlotSearch
 
-DEFAULT_CHUNK_STEPS = 8   # steps between refills: a slot idles at most this many steps - 1
+MIN_CHUNK_STEPS = 4   # the default chunk is at least this long (a chunk boundary costs a sync)
 
 _encode = jax.jit(engine.encode, static_argnames=("models", "settings", "kind"))
+_take_rows = jax.jit(lambda tree, rows: jax.tree.map(lambda a: a[rows], tree))
 
 
 @dataclasses.dataclass
@@ -51,6 +54,7 @@ class _Search:
     region: np.ndarray
     context: Any
     locked: np.ndarray
+    references: tuple | None  # (K, ...) z_ref and D(z_ref) of each attempt (prior), else None
     attempts: list = dataclasses.field(default_factory=list)   # outcome rows, one per attempt
 
 
@@ -71,12 +75,26 @@ class SlotWork:
     useful: int = 0
     chunks: int = 0
     refills: int = 0
+    shrinks: int = 0
     seconds: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
         ("encode", "refill", "advance", "harvest"), 0.0))
 
     @property
     def useful_share(self) -> float:
         return self.useful / self.computed if self.computed else float("nan")
+
+
+def aligned_chunk_steps(settings) -> int:
+    """The default chunk: the smallest multiple of ``mask.period`` and ``prior.every`` of at
+    least ``MIN_CHUNK_STEPS`` steps.
+
+    Slots start on chunk boundaries, so every slot's step counter is the same modulo such a
+    chunk: the mask updates and the prior's corrections fall on the same steps for all slots
+    (each costs all slots, once per step on which any slot needs it).
+    """
+    chunk = math.lcm(settings.mask.period if settings.mask.enabled else 1,
+                     settings.prior.every if settings.prior.active else 1)
+    return chunk * math.ceil(MIN_CHUNK_STEPS / chunk)
 
 
 def _row(tree, i):
@@ -94,31 +112,49 @@ class SlotScheduler:
       models, settings, kind: the search (as for :func:`sce_jax.search.engine.explain_batch`).
       params: the models' parameters, placed (replicated on ``mesh`` when there is one).
       slots: searches in flight; rounded up to a multiple of the mesh's devices.
-      chunk_steps: steps of every slot between two refills.
+      chunk_steps: steps of every slot between two refills (default: :func:`aligned_chunk_steps`;
+        a slot whose attempt ends inside a chunk idles for the rest of it).
+      min_slots: once every search has started, the state is halved (its busy slots kept)
+        whenever at most half of it is busy, down to this many slots, so the last searches
+        do not drag idle slots along (one more compilation per size; default ``slots / 8``).
       mesh: the slots are sharded over its ``data`` axis (one process only).
     """
 
     def __init__(self, models: engine.SearchModels, settings, kind: str, params, *,
-                 slots: int, chunk_steps: int = DEFAULT_CHUNK_STEPS, mesh=None):
+                 slots: int, chunk_steps: int | None = None, min_slots: int | None = None,
+                 mesh=None):
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
         if jax.process_count() > 1:
             raise ValueError("the slot engine runs in one process; with several processes "
                              "use the batch engine (engine = 'batch')")
-        self.search = SlotSearch(models, settings, kind, int(chunk_steps))
+        chunk_steps = aligned_chunk_steps(settings) if chunk_steps is None else int(chunk_steps)
+        self.search = SlotSearch(models, settings, kind, chunk_steps)
         self.settings = settings
         self.params = params
         self.mesh = mesh
         self.slots = parallel.padded_size(slots, mesh)
+        self.min_slots = parallel.padded_size(max(1, self.slots // 8 if min_slots is None
+                                                  else min_slots), mesh)
         self.work = SlotWork()
         self._encode = functools.partial(_encode, models=models, settings=settings, kind=kind)
 
     def _place(self, tree):
         return parallel.shard_batch(tree, self.mesh) if self.mesh is not None else tree
 
+    def _take(self, state, rows):
+        """The state of the slots ``rows`` only (a smaller state)."""
+        state = _take_rows(state, np.asarray(rows, np.int32))
+        return jax.device_put(state, parallel.batch_sharding(self.mesh)) if self.mesh is not None else state
+
     def _ingest(self, batch: Batch, groups, queue, table) -> None:
         """Encodes a block and queues attempt 0 of each of its valid rows."""
-        enc = jax.tree.map(parallel.local_rows, self._encode(self.params, batch))
+        enc = self._encode(self.params, batch)
+        refs = None
+        if self.settings.prior.active:
+            refs = jax.tree.map(parallel.local_rows, slot_search.references(
+                self.search, self.params, enc, batch.example_ids, batch.context))
+        enc = jax.tree.map(parallel.local_rows, enc)
         host = jax.tree.map(parallel.local_rows, batch)
         valid = np.asarray(host.valid, bool)
         groups = list(groups)
@@ -127,7 +163,8 @@ class SlotScheduler:
             s = _Search(group=groups[i], enc=_row(enc, i), example_id=int(host.example_ids[i]),
                         region=np.asarray(host.regions[i], np.float32),
                         context=None if host.context is None else _row(host.context, i),
-                        locked=np.zeros_like(host.regions[i], np.float32))
+                        locked=np.zeros_like(host.regions[i], np.float32),
+                        references=None if refs is None else _row(refs, i))
             members[groups[i]].append(s)
             queue.append(s)
         for key, searches in members.items():
@@ -146,6 +183,10 @@ class SlotScheduler:
             attempt=np.asarray([k for _, k in rows], np.int32),
             region=np.stack([s.region for s, _ in rows]),
             locked=np.stack([s.locked for s, _ in rows]),
+            z_ref=np.stack([s.enc.z0 if s.references is None else s.references[0][k]
+                            for s, k in rows]),
+            decoded_ref=np.stack([s.enc.decoded0 if s.references is None else s.references[1][k]
+                                  for s, k in rows]),
             context=None if rows[0][0].context is None else _stack([s.context for s, _ in rows]))
 
     def compile(self, block: Batch):
@@ -163,6 +204,7 @@ class SlotScheduler:
                          attempt=rows(block.example_ids, np.int32),
                          region=rows(block.regions, np.float32),
                          locked=rows(block.regions, np.float32),
+                         z_ref=rows(enc.z0), decoded_ref=rows(enc.decoded0),
                          context=jax.tree.map(rows, block.context))
         state = jax.tree.map(rows, self.search.state_shapes(self.params, new))
         return slot_search.advance.lower(self.search, self.params, state).compile()
@@ -182,6 +224,7 @@ class SlotScheduler:
         queue: collections.deque = collections.deque()    # (search, attempt) to start
         table: dict[Hashable, _Group] = {}
         slot_of: list = [None] * self.slots                # (search, attempt) per slot
+        width = self.slots                                 # slots in the state now
         state = None
         exhausted = False
         while True:
@@ -197,14 +240,22 @@ class SlotScheduler:
                 self._ingest(batch, groups, new, table)
                 self.work.seconds["encode"] += time.perf_counter() - clock
                 queue.extend((s, 0) for s in new)
-            fill = np.zeros(self.slots, bool)
+            fill = np.zeros(width, bool)
             for i in free:
                 if not queue:
                     break
                 slot_of[i] = queue.popleft()
                 fill[i] = True
-            if not any(o is not None for o in slot_of):
+            busy = sum(o is not None for o in slot_of)
+            if not busy:
                 return
+            while (exhausted and not queue and state is not None and busy <= width // 2
+                   and width // 2 >= self.min_slots and parallel.padded_size(width // 2, self.mesh) == width // 2):
+                keep = [i for i, o in enumerate(slot_of) if o is not None]
+                keep += [i for i, o in enumerate(slot_of) if o is None][:width // 2 - len(keep)]
+                state = self._take(state, keep)
+                slot_of, fill, width = [slot_of[i] for i in keep], fill[keep], width // 2
+                self.work.shrinks += 1
             clock = time.perf_counter()
             if fill.any():
                 new = self._place(self._inputs(slot_of))
@@ -221,7 +272,7 @@ class SlotScheduler:
             finished = parallel.local_rows(finished)
             self.work.seconds["advance"] += time.perf_counter() - clock
             self.work.chunks += 1
-            self.work.computed += self.slots * int(work.iterations)
+            self.work.computed += width * int(work.iterations)
             self.work.useful += int(work.useful)
             done_slots = [i for i in np.flatnonzero(finished) if slot_of[i] is not None]
             if not done_slots:

@@ -95,7 +95,8 @@ def test_a_refilled_slot_keeps_nothing_of_its_previous_occupant(explainer):
         rows = np.asarray(rows)
         return SlotInputs(enc=jax.tree.map(lambda a: a[rows], enc), example_ids=jnp.asarray(ids[rows]),
                           attempt=jnp.asarray(attempt, jnp.int32),
-                          region=jnp.ones((len(rows), 16, 16, 1)), locked=locked)
+                          region=jnp.ones((len(rows), 16, 16, 1)), locked=locked,
+                          z_ref=enc.z0[rows], decoded_ref=enc.decoded0[rows])
 
     every = jnp.ones(3, bool)
     state = slots.fresh(search, params, every, inputs([0, 1, 2], [0, 0, 0], jnp.zeros((3, 16, 16, 1))))
@@ -135,7 +136,7 @@ def test_groups_of_several_searches_come_out_whole_and_work_is_counted(explainer
     targets = np.array([1, 0, 1, 1, 0], np.int32)   # target 0: the prediction, reached at once
     batch = explainer.explain(images[rows], targets, example_ids=ids[rows])
     block, _ = explainer.prepare_batch(images[rows], targets, kind="class", example_ids=ids[rows])
-    scheduler = explainer.slot_scheduler("class", slots=3, chunk_steps=4)
+    scheduler = explainer.slot_scheduler("class", slots=8, chunk_steps=4, min_slots=1)
     groups = dict(scheduler.run([(block, ["a", "a", "b", "c", "c"])]))
     assert sorted(groups) == ["a", "b", "c"]
     for key, members in {"a": [0, 1], "b": [2], "c": [3, 4]}.items():
@@ -143,7 +144,8 @@ def test_groups_of_several_searches_come_out_whole_and_work_is_counted(explainer
         assert groups[key].steps.tolist() == batch.steps[members].tolist()
     work = scheduler.work
     assert work.useful == sum(min(s + 1, 30) for s in batch.steps.ravel().tolist())
-    assert 0 < work.useful <= work.computed <= 3 * 4 * work.chunks and work.computed % 3 == 0
+    assert 0 < work.useful <= work.computed <= 8 * 4 * work.chunks
+    assert work.shrinks >= 1  # the last searches ran in a smaller state, with the same results
 
 
 def test_bad_slot_settings_are_refused(explainer):

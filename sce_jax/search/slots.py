@@ -6,6 +6,8 @@ example is done; the examples that finished early are frozen but still computed.
 slot as soon as its attempt is over (:mod:`sce_jax.slot_scheduler`):
 
     begin(params, state, fill, new)  -> state    slots in ``fill`` start ``new`` attempts
+                                                  (their reference P(z0) computed when the
+                                                  search was encoded: ``references``)
     advance(params, state)           -> state, work, finished, lock, outcome
                                                   up to ``chunk_steps`` steps of every running slot,
                                                   then every slot's result as if it ended now
@@ -45,13 +47,14 @@ class SlotInputs(NamedTuple):
     attempt: jax.Array        # (S,) int32: the attempt's index k
     region: jax.Array         # (S, H, W, 1) where the image may change
     locked: jax.Array         # (S, H, W, 1) what the search's successful attempts < k changed
+    z_ref: jax.Array          # (S, h, w, c) the attempt's reference latent: P(z0) with a prior
+                              # (SlotSearch.references), else z0
+    decoded_ref: jax.Array    # (S, H, W, C) D(z_ref)
     context: Any = None       # per-example conditioning pytree, or None
 
 
 class SlotState(NamedTuple):
     start: SlotInputs
-    z_ref: jax.Array          # (S, h, w, c) the reference latent: P(z0) with a prior, else z0
-    decoded_ref: jax.Array    # (S, H, W, C) D(z_ref)
     occupied: jax.Array       # (S,) bool: the slot holds an attempt
     loop: LoopState
 
@@ -80,11 +83,27 @@ class SlotSearch:
         return engine.attempt_keys(self.settings.seed, start.example_ids, start.enc.target,
                                    start.attempt)
 
-    def _step(self, params: engine.SearchParams, start: SlotInputs, z_ref, decoded_ref,
-              keys) -> AttemptStep:
+    def references(self, params: engine.SearchParams, enc: engine.Encoded, example_ids,
+                   context=None) -> tuple[jax.Array, jax.Array]:
+        """``z_ref = P(z0)`` and ``D(z_ref)`` of every attempt of every search (axes (B, K)),
+        computed once per search when it is encoded, not per refill of all slots (with a
+        prior; without one they are ``z0`` and ``D(z0)``)."""
+        spec, refs = self.models.generator, []
+        for k in range(self.settings.attempts):
+            keys = engine.attempt_keys(self.settings.seed, example_ids, enc.target, k)
+            project = engine.projection(params, keys, enc.z0.shape[1:], context,
+                                        models=self.models, settings=self.settings)
+            ref = reference_inputs(
+                StepInputs(enc.x, enc.z0, enc.decoded0, None, enc.target, enc.value, keys),
+                decode=lambda z: spec.decode(params.generator, z, context), project=project)
+            refs.append((ref.z0, ref.decoded0))
+        return tuple(jnp.stack(r, axis=1) for r in zip(*refs))
+
+    def _step(self, params: engine.SearchParams, start: SlotInputs) -> AttemptStep:
         spec, enc = self.models.generator, start.enc
+        keys = self._keys(start)
         allowed = start.region * (1.0 - start.locked)
-        inp = StepInputs(enc.x, z_ref, decoded_ref, allowed, enc.target, enc.value, keys)
+        inp = StepInputs(enc.x, start.z_ref, start.decoded_ref, allowed, enc.target, enc.value, keys)
         project = engine.projection(params, keys, enc.z0.shape[1:], start.context,
                                     models=self.models, settings=self.settings)
         return AttemptStep(inp, enc.z0, allowed,
@@ -96,16 +115,7 @@ class SlotSearch:
     def fresh(self, params: engine.SearchParams, fill: jax.Array, new: SlotInputs) -> SlotState:
         """Every slot starting attempt ``new.attempt`` of ``new`` from scratch (occupied where
         ``fill``)."""
-        spec, enc = self.models.generator, new.enc
-        keys = self._keys(new)
-        project = engine.projection(params, keys, enc.z0.shape[1:], new.context,
-                                    models=self.models, settings=self.settings)
-        ref = reference_inputs(
-            StepInputs(enc.x, enc.z0, enc.decoded0, new.region, enc.target, enc.value, keys),
-            decode=lambda z: spec.decode(params.generator, z, new.context), project=project)
-        step = self._step(params, new, ref.z0, ref.decoded0, keys)
-        return SlotState(start=new, z_ref=ref.z0, decoded_ref=ref.decoded0, occupied=fill,
-                         loop=step.init(fill))
+        return SlotState(start=new, occupied=fill, loop=self._step(params, new).init(fill))
 
     def begin(self, params: engine.SearchParams, state: SlotState, fill: jax.Array,
               new: SlotInputs) -> SlotState:
@@ -120,8 +130,7 @@ class SlotSearch:
         """Up to ``chunk_steps`` steps of every running slot; returns the new state, the work
         done, which slots' attempts are over, and every slot's lock and outcome fields as
         :func:`sce_jax.search.engine.attempt_outcome` gives them."""
-        step = self._step(params, state.start, state.z_ref, state.decoded_ref,
-                          self._keys(state.start))
+        step = self._step(params, state.start)
 
         def cond(carry):
             s, i, _ = carry
@@ -152,3 +161,4 @@ class SlotSearch:
 fresh = jax.jit(SlotSearch.fresh, static_argnums=0)
 begin = jax.jit(SlotSearch.begin, static_argnums=0)
 advance = jax.jit(SlotSearch.advance, static_argnums=0)
+references = jax.jit(SlotSearch.references, static_argnums=0)
