@@ -116,7 +116,9 @@ class SlotScheduler:
         a slot whose attempt ends inside a chunk idles for the rest of it).
       min_slots: once every search has started, the state is halved (its busy slots kept)
         whenever at most half of it is busy, down to this many slots, so the last searches
-        do not drag idle slots along (one more compilation per size; default ``slots / 8``).
+        do not drag idle slots along (one more compilation per size). Default: ``slots / 8``
+        on CPU, where a step costs in proportion to the slots; ``slots`` (never) on
+        accelerators, where a step of a full state costs about what a step of one slot does.
       mesh: the slots are sharded over its ``data`` axis (one process only).
     """
 
@@ -134,8 +136,9 @@ class SlotScheduler:
         self.params = params
         self.mesh = mesh
         self.slots = parallel.padded_size(slots, mesh)
-        self.min_slots = parallel.padded_size(max(1, self.slots // 8 if min_slots is None
-                                                  else min_slots), mesh)
+        if min_slots is None:
+            min_slots = self.slots // 8 if jax.default_backend() == "cpu" else self.slots
+        self.min_slots = parallel.padded_size(max(1, min_slots), mesh)
         self.work = SlotWork()
         self._encode = functools.partial(_encode, models=models, settings=settings, kind=kind)
 
@@ -189,25 +192,54 @@ class SlotScheduler:
                                   for s, k in rows]),
             context=None if rows[0][0].context is None else _stack([s.context for s, _ in rows]))
 
-    def compile(self, block: Batch):
-        """Compiles a chunk for blocks shaped like ``block`` (arrays or
-        ``jax.ShapeDtypeStruct``s); returns the ``jax.stages.Compiled`` (``memory_analysis()``
-        tells what the slots need)."""
+    def _input_shapes(self, block: Batch, width: int) -> SlotInputs:
+        """The shapes of ``width`` slots' inputs for blocks shaped like ``block``."""
         sharding = parallel.batch_sharding(self.mesh) if self.mesh is not None else None
         enc = jax.eval_shape(self._encode, self.params, block)
 
         def rows(a, dtype=None):
-            return jax.ShapeDtypeStruct((self.slots,) + tuple(a.shape[1:]), dtype or a.dtype,
+            return jax.ShapeDtypeStruct((width,) + tuple(a.shape[1:]), dtype or a.dtype,
                                         sharding=sharding)
 
-        new = SlotInputs(enc=jax.tree.map(rows, enc), example_ids=rows(block.example_ids, np.int32),
-                         attempt=rows(block.example_ids, np.int32),
-                         region=rows(block.regions, np.float32),
-                         locked=rows(block.regions, np.float32),
-                         z_ref=rows(enc.z0), decoded_ref=rows(enc.decoded0),
-                         context=jax.tree.map(rows, block.context))
-        state = jax.tree.map(rows, self.search.state_shapes(self.params, new))
+        return SlotInputs(enc=jax.tree.map(rows, enc), example_ids=rows(block.example_ids, np.int32),
+                          attempt=rows(block.example_ids, np.int32),
+                          region=rows(block.regions, np.float32),
+                          locked=rows(block.regions, np.float32),
+                          z_ref=rows(enc.z0), decoded_ref=rows(enc.decoded0),
+                          context=jax.tree.map(rows, block.context))
+
+    def _state_shapes(self, block: Batch, width: int):
+        sharding = parallel.batch_sharding(self.mesh) if self.mesh is not None else None
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                            self.search.state_shapes(self.params, self._input_shapes(block, width)))
+
+    def compile(self, block: Batch):
+        """Compiles a chunk for blocks shaped like ``block`` (arrays or
+        ``jax.ShapeDtypeStruct``s); returns the ``jax.stages.Compiled`` (``memory_analysis()``
+        tells what the slots need)."""
+        state = self._state_shapes(block, self.slots)
         return slot_search.advance.lower(self.search, self.params, state).compile()
+
+    def precompile(self, block: Batch) -> None:
+        """Compiles everything a run over blocks like ``block`` (arrays) calls: the encoding,
+        and the refill and the chunk at every state size, on empty states (nothing runs)."""
+        enc = self._encode(self.params, block)
+        if self.settings.prior.active:
+            slot_search.references(self.search, self.params, enc, block.example_ids, block.context)
+        zeros = lambda a: self._place(np.zeros(a.shape, a.dtype))  # noqa: E731
+        width = self.slots
+        state = jax.tree.map(zeros, self._state_shapes(block, width))
+        while True:
+            new = jax.tree.map(zeros, self._input_shapes(block, width))
+            state = slot_search.begin(self.search, self.params, state,
+                                      self._place(np.zeros(width, bool)), new)
+            jax.block_until_ready(slot_search.advance(self.search, self.params, state))
+            if not self._can_halve(width):
+                return
+            state, width = self._take(state, list(range(width // 2))), width // 2
+
+    def _can_halve(self, width: int) -> bool:
+        return width // 2 >= self.min_slots and parallel.padded_size(width // 2, self.mesh) == width // 2
 
     def run(self, blocks: Iterable[tuple[Batch, Iterable[Hashable]]]
             ) -> Iterator[tuple[Hashable, Explanation]]:
@@ -250,7 +282,7 @@ class SlotScheduler:
             if not busy:
                 return
             while (exhausted and not queue and state is not None and busy <= width // 2
-                   and width // 2 >= self.min_slots and parallel.padded_size(width // 2, self.mesh) == width // 2):
+                   and self._can_halve(width)):
                 keep = [i for i, o in enumerate(slot_of) if o is not None]
                 keep += [i for i, o in enumerate(slot_of) if o is None][:width // 2 - len(keep)]
                 state = self._take(state, keep)
