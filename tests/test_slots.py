@@ -12,7 +12,6 @@ import pytest
 from sce_jax import Explainer
 from sce_jax.search import slots
 from sce_jax.search.slots import SlotInputs
-from sce_jax.slot_scheduler import SlotScheduler
 from tests.test_prior_search import gaussian_prior
 from tests.test_search_sharding import search_config
 from tests.toy_models import greenish_images, mean_colour_classifier, toy_generator
