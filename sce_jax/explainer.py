@@ -5,7 +5,12 @@
 
 The explainer compiles :func:`sce_jax.search.engine.explain_batch` once per (target kind,
 batch shape), pads a batch to a multiple of the device count, shards it over the ``data``
-mesh axis and replicates the parameters. With a :class:`sce_jax.prior.Prior` and
+mesh axis and replicates the parameters. Over many images, ``explain_stream`` keeps a fixed
+number of searches in flight and refills each as soon as it is done (continuous batching,
+:mod:`sce_jax.slot_scheduler`), yielding each image's result when it is ready::
+
+    for index, result in explainer.explain_stream(images, slots=32):   # any iterable
+        ...                                                            # result: one row With a :class:`sce_jax.prior.Prior` and
 ``search.prior.enabled``, the prior keeps the edits on the generator's image manifold. For use inside your own ``jax.jit``, call
 ``explain_batch`` directly (see its docstring).
 """
@@ -13,7 +18,8 @@ mesh axis and replicates the parameters. With a :class:`sce_jax.prior.Prior` and
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+import itertools
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -25,6 +31,7 @@ from sce_jax.generator import Generator
 from sce_jax.prior import Prior
 from sce_jax.search.config import SearchSettings, settings_from_config
 from sce_jax.search.engine import Batch, Explanation, SearchModels, SearchParams, explain_batch
+from sce_jax.slot_scheduler import SlotScheduler
 
 
 class Explainer:
@@ -178,6 +185,52 @@ class Explainer:
         out = self.explain_arrays(batch, kind=kind)
         return jax.tree.map(lambda a: parallel.local_rows(a)[:size], out)
 
+
+    def slot_scheduler(self, kind: str, *, slots: int, chunk_steps: int | None = None,
+                       min_slots: int | None = None) -> SlotScheduler:
+        """A :class:`~sce_jax.slot_scheduler.SlotScheduler` over this explainer's models (its
+        ``run`` takes blocks from :meth:`prepare_batch` with a group key per row)."""
+        return SlotScheduler(self.models, self.settings, kind, self.search_params, slots=slots,
+                             chunk_steps=chunk_steps, min_slots=min_slots, mesh=self.mesh)
+
+    def explain_stream(self, images: Iterable, targets: Iterable | None = None, *,
+                       kind: str | None = None, example_ids: Iterable | None = None,
+                       regions: Iterable | None = None, context=None, slots: int = 32,
+                       chunk_steps: int | None = None) -> Iterator[tuple[int, Explanation]]:
+        """Explains an iterable of images (H, W, C) through ``slots`` searches in flight.
+
+        Yields ``(index, explanation)`` as each image's K attempts are done (not in input
+        order): ``index`` is the image's position in ``images``, ``explanation`` holds one row
+        (leading axis 1), equal to what :meth:`explain` gives for that image (randomness is
+        keyed on the example id, default ``index``). ``targets``, ``example_ids`` and
+        ``regions`` are iterables of per-image values, as for :meth:`explain`; ``context`` is
+        one row given to every image. Images are read ``slots`` at a time, as the slots need
+        them; ``chunk_steps``: steps between refills (default: a multiple of the mask period,
+        :func:`sce_jax.slot_scheduler.aligned_chunk_steps`). One process only (several: use
+        :meth:`explain`).
+        """
+        kind = kind or self.default_kind(targets is not None)
+        rows = zip(images, targets if targets is not None else itertools.repeat(None),
+                   example_ids if example_ids is not None else itertools.count(),
+                   regions if regions is not None else itertools.repeat(None))
+        scheduler = self.slot_scheduler(kind, slots=slots, chunk_steps=chunk_steps)
+
+        def blocks():
+            start = 0
+            while block := list(itertools.islice(rows, scheduler.slots)):
+                size = len(block)
+                block += block[:1] * (scheduler.slots - size)  # one shape: padding never runs
+                image, target, ids, region = zip(*block)
+                batch, _ = self.prepare_batch(
+                    np.stack(image), None if targets is None else list(target), kind=kind,
+                    example_ids=np.asarray(ids, np.int32),
+                    regions=None if regions is None else np.stack(region),
+                    valid=np.arange(len(block)) < size,
+                    context=None if context is None else jax.tree.map(lambda a: np.asarray(a)[:1], context))
+                yield batch, range(start, start + size)
+                start += size
+
+        yield from scheduler.run(blocks())
 
 def _per_image(array: np.ndarray, batch: int) -> np.ndarray:
     """A context leaf with a leading axis of ``batch``; one row is repeated for every image."""

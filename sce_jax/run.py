@@ -36,12 +36,13 @@ run their checks together before any work; every wait for another process ends a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ import numpy as np
 from absl import logging
 
 from sce_jax import data as data_lib
-from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_throughput
+from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_slots, run_throughput
 from sce_jax import records as records_lib
 from sce_jax import workdir as workdir_files
 from sce_jax.classifier import HEADS
@@ -67,6 +68,7 @@ from sce_jax.run_config import RunConfigError, resolve_target_class, validate_ru
 from sce_jax.run_targets import RUN_TARGET_KINDS, TargetChoice
 from sce_jax.search.config import SearchConfigError, settings_from_config
 from sce_jax.search.engine import Batch as SearchBatch
+from sce_jax.slot_scheduler import SlotScheduler
 from sce_jax.workdir import WorkdirReadError, WorkdirWriteError
 
 
@@ -169,12 +171,13 @@ def _batch_rows(config, dataset: data_lib.Dataset, process_count: int) -> int:
 
 
 def _check_search_memory(config, explainer: Explainer, kind: str, rows: int,
-                         context: Any = None) -> None:
+                         context: Any = None, scheduler: SlotScheduler | None = None) -> None:
     """Compiles the search for the run's batch shape and refuses it if it cannot fit in memory.
 
     The first batch reuses this compilation. ``rows`` per process; ``all_others`` searches
     every other class of each image at once (``rows * (classes - 1)`` searches). ``context``:
     the prior's conditioning (one row, given to every image), part of the batch's shapes.
+    With a ``scheduler`` (the slot engine) its chunk of steps is compiled and checked instead.
     """
     size, channels = tuple(int(v) for v in config.data.image_size), int(config.data.channels)
     rows *= RUN_TARGET_KINDS[config.targets.kind].searches_per_image(
@@ -192,10 +195,15 @@ def _check_search_memory(config, explainer: Explainer, kind: str, rows: int,
                         valid=spec((), jnp.bool_),
                         context=None if context is None else jax.tree.map(
                             lambda a: spec(tuple(a.shape[1:]), a.dtype), context))
-    compiled = explainer.compile(batch, kind=kind)
+    if scheduler is not None:
+        compiled = scheduler.compile(batch)
+        what = f"{scheduler.slots} search slots of {size[0]}x{size[1]}x{channels} images"
+    else:
+        compiled = explainer.compile(batch, kind=kind)
+        what = f"batches of {rows} images of {size[0]}x{size[1]}x{channels}"
     memory_check.check_fits(
         memory_check.compiled_bytes(compiled), max_memory_gb=float(config.max_memory_gb),
-        what=f"batches of {rows} images of {size[0]}x{size[1]}x{channels}")
+        what=what)
 
 
 def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
@@ -272,6 +280,10 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     explainer = Explainer(generator, classifier, settings, prior=prior)
     kind = RUN_TARGET_KINDS[config.targets.kind].search_kind
     logits_jit = jax.jit(classifier.logits_fn)
+    try:
+        engine = run_slots.resolve_engine(config.engine, process_count)
+    except ValueError as e:
+        raise RunConfigError(str(e)) from None
 
     done = workdir_files.finished_ids(workdir)
     # Every process must see the same finished examples (they fix the batch count), so none
@@ -281,10 +293,16 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
     # Every process runs the same number of (collective) batches, padding with empty ones.
     num_batches = data_lib.max_num_batches(dataset, batch_size, process_count=process_count,
                                            skip_ids=done)
+    searches_per_batch = batch_size * RUN_TARGET_KINDS[config.targets.kind].searches_per_image(
+        classifier.num_outputs)
+    scheduler = (explainer.slot_scheduler(kind, slots=int(config.slots) or searches_per_batch,
+                                          chunk_steps=int(config.chunk_steps) or None)
+                 if engine == "slots" else None)
     if num_batches:  # compiles the search now: too large a search stops before any work
-        announce(f"compiling the search for batches of {batch_size} ...")
+        announce(f"compiling the search for {scheduler.slots} slots ..." if scheduler else
+                 f"compiling the search for batches of {batch_size} ...")
         peers.together("the memory check", lambda: _check_search_memory(
-            config, explainer, kind, batch_size, context), USER_ERRORS)
+            config, explainer, kind, batch_size, context, scheduler), USER_ERRORS)
     remaining = dataset.shard_ids(process_index, process_count, done)
     todo = int(remaining.size)
     per_image = RUN_TARGET_KINDS[config.targets.kind].searches_per_image(
@@ -303,16 +321,28 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         start = time.monotonic()
         produced = 0
         in_batches = True
-        for index, batch in enumerate(data_lib.iterate_batches(
-                dataset, batch_size, skip_ids=done, process_index=process_index,
-                process_count=process_count, pad_to_num_batches=num_batches)):
+        batches = data_lib.iterate_batches(
+            dataset, batch_size, skip_ids=done, process_index=process_index,
+            process_count=process_count, pad_to_num_batches=num_batches)
+        if scheduler is not None:  # commits as examples finish (sce_jax/run_slots.py)
+            commits = run_slots.slot_commits(
+                batches, scheduler,
+                searches_of=lambda b: _batch_searches(b, config, explainer, classifier, logits_jit,
+                                                      kind, context),
+                write_results=lambda result, searches, b: _write_results(
+                    result, searches, b, config, explainer, classifier, logits_jit, kind, workdir))
+        else:
+            commits = run_slots.batch_commits(batches, lambda b: _explain_batch(
+                b, config, explainer, classifier, logits_jit, kind, workdir, context))
+        for index in itertools.count():
             try:
-                records = _explain_batch(batch, config, explainer, classifier, logits_jit, kind,
-                                         workdir, context)
+                records = next(commits, None)
             except Exception as e:  # noqa: BLE001 - only a failed exchange between processes
                 if process_count > 1 and _is_collective_failure(e):
                     raise peers.lost(f"batch {index + 1}", e) from None
                 raise
+            if records is None:
+                break
             records = [{**r, **named_fields(r, classifier.class_names)} for r in records]
             workdir_files.write_part(workdir, process_index, records)  # the commit point
             committed += 1
@@ -321,8 +351,9 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
             progress.update(n_cf)
             # After the batch: a stop asked for during it (even during the first compile)
             # costs nothing that was computed. After the last one there is nothing to stop.
-            if index + 1 < num_batches and peers.any(f"stop after batch {index + 1}",
-                                                     state.stop.is_set()):
+            # (The slot engine's commits are not batches: its searches in flight are redone.)
+            if (scheduler is not None or index + 1 < num_batches) and peers.any(
+                    f"stop after batch {index + 1}", state.stop.is_set()):
                 state.stop.set()
                 logging.warning("stopped on request after %d complete batch(es); rerun to resume",
                                 committed)
@@ -367,9 +398,19 @@ def _is_collective_failure(error: Exception) -> bool:
     return "gloo" in str(error).lower()
 
 
-def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
-                   workdir: str, context: Any = None) -> list[workdir_files.Record]:
-    """Searches one data batch and writes its images; returns its manifest records
+class _BatchSearches(NamedTuple):
+    """The searches of one data batch: search row ``j`` explains image ``rows[j]``."""
+
+    arrays: SearchBatch       # prepared (padded, placed) for the search
+    size: int                 # searches (rows of ``arrays`` before padding)
+    rows: np.ndarray          # (size,) the batch row of each search
+    images: np.ndarray        # the batch's images, float32
+    valid: np.ndarray         # (batch rows,) bool: the image is searched
+
+
+def _batch_searches(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
+                    context: Any = None) -> tuple[list[dict[str, Any]], _BatchSearches | None]:
+    """The skip records of a data batch and its searches (None when it has none to run)
     (``context``: the prior's conditioning, one row for every image)."""
     labels_by_id = dict(zip(np.asarray(batch.example_ids).tolist(), np.asarray(batch.labels).tolist()))
     records = [records_lib.skip_record(s.example_id, s.source, s.reason,
@@ -377,7 +418,7 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
                for s in batch.skipped]
     valid = np.asarray(batch.valid, bool)
     if not valid.any() and jax.process_count() == 1:  # with several processes all take part
-        return records
+        return records, None
     images = np.asarray(batch.images, np.float32)
     ids = np.asarray(batch.example_ids)
     regions = np.asarray(batch.regions, np.float32)
@@ -391,18 +432,23 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
     batch_arrays, size = explainer.prepare_batch(
         images[rows], targets, kind=kind, example_ids=ids[rows], regions=regions[rows],
         valid=valid[rows], context=context)
-    result = explainer.explain_arrays(batch_arrays, kind=kind)
-    result = jax.tree.map(lambda a: parallel.local_rows(a)[:size], result)
+    return records, _BatchSearches(batch_arrays, size, rows, images, valid)
 
+
+def _write_results(result, searches: _BatchSearches, batch, config, explainer: Explainer,
+                   classifier, logits_jit, kind: str, workdir: str) -> list[workdir_files.Record]:
+    """Writes the images of the searched examples in ``result`` (numpy; row ``j`` is search
+    ``searches.rows[j]``) and returns their records."""
     # Validity on what is written: quantise to 8 bits and classify again.
     quantised = image_io.to_uint8(result.image)
     success8, prob8, decision8 = records_lib.judge_written(
         lambda x: logits_jit(classifier.params, x), quantised, result, kind=kind,
         goal_probability=explainer.settings.goal_probability)
-
+    images, ids, valid = searches.images, np.asarray(batch.example_ids), searches.valid
+    records = []
     written_originals = set()
-    for j in range(size):
-        i = rows[j]
+    for j in range(result.image.shape[0]):
+        i = searches.rows[j]
         if not valid[i]:
             continue
         example_id = int(ids[i])
@@ -418,6 +464,20 @@ def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, 
                 prob8=prob8[j, a], decision8=decision8[j, a], original=images[i],
                 quantised=quantised[j, a], files=attempt_files[a]))
     return records
+
+
+def _explain_batch(batch, config, explainer: Explainer, classifier, logits_jit, kind: str,
+                   workdir: str, context: Any = None) -> list[workdir_files.Record]:
+    """Searches one data batch and writes its images; returns its manifest records
+    (``context``: the prior's conditioning, one row for every image)."""
+    records, searches = _batch_searches(batch, config, explainer, classifier, logits_jit, kind,
+                                        context)
+    if searches is None:
+        return records
+    result = explainer.explain_arrays(searches.arrays, kind=kind)
+    result = jax.tree.map(lambda a: parallel.local_rows(a)[:searches.size], result)
+    return records + _write_results(result, searches, batch, config, explainer, classifier,
+                                    logits_jit, kind, workdir)
 
 
 def _label(value) -> int | None:

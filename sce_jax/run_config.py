@@ -17,6 +17,7 @@ from sce_jax.classifier import HEADS
 from sce_jax.data_sources import DATA_SOURCES
 from sce_jax.model_kinds import DIFFUSERS_PRIORS, DTYPE_NAMES, GENERATOR_KINDS
 from sce_jax.run_targets import RUN_TARGET_KINDS
+from sce_jax.run_slots import ENGINE_NAMES
 from sce_jax.search.config import default_search_config
 
 
@@ -73,6 +74,14 @@ def base_run_config() -> ml_collections.ConfigDict:
     c.search = default_search_config()
 
     c.batch_size = 8              # images per batch and process (at most the process's share)
+    c.engine = "auto"             # "slots": continuous batching, each search slot refilled as
+                                  # soon as its attempt is done (sce_jax/run_slots.py; one
+                                  # process); "batch": a batch runs until its slowest search is
+                                  # done; "auto": "slots" with one process, else "batch"
+    c.slots = 0                   # searches in flight (engine "slots"; 0: as many as a batch has)
+    c.chunk_steps = 0             # search steps between two refills of the slots (0: the
+                                  # smallest multiple of search.mask.period >= 4, which keeps
+                                  # the slots' mask updates in step)
     c.max_memory_gb = 0.0         # refuse a search needing more per device (0: the device's
                                   # memory; on CPU the machine's RAM)
     c.output = ml_collections.ConfigDict()
@@ -128,6 +137,13 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
                         "or targets.class_name")
     if config.batch_size < 1:
         problems.append(f"batch_size={config.batch_size}: must be >= 1")
+    if config.engine not in ENGINE_NAMES:
+        problems.append(f"engine={config.engine!r}: must be one of {ENGINE_NAMES}")
+    if config.slots < 0:
+        problems.append(f"slots={config.slots}: must be >= 0 (0: as many as a batch has)")
+    if config.chunk_steps < 0:
+        problems.append(f"chunk_steps={config.chunk_steps}: must be >= 0 (0: a multiple of "
+                        "search.mask.period)")
     if not (math.isfinite(config.max_memory_gb) and config.max_memory_gb >= 0):
         problems.append(f"max_memory_gb={config.max_memory_gb}: must be a finite number >= 0")
     if config.data.channels not in (1, 3):

@@ -7,11 +7,13 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import sce_jax
 from sce_jax.search import objectives, targets
 from sce_jax.search.config import SearchSettings
 from sce_jax.search.smoothing import StepInputs
+from tests.toy_models import greenish_images
 
 
 def small_config(**overrides):
@@ -44,3 +46,43 @@ def plain_objective(z, inp: StepInputs, *, decode: Callable, logits_fn: Callable
             + objectives.latent_proximity(z, inp.z0, l1=settings.l1, l2=settings.l2)
             + objectives.pixel_proximity(x_cf, inp.x, pixel_l1=settings.pixel_l1))
     return jnp.sum(loss)
+
+
+def noisy_search_config():
+    """A short search with noise on: per-example keys must follow the example."""
+    c = sce_jax.default_search_config()
+    c.steps = 30
+    c.attempts = 2
+    c.learning_rate = 0.03
+    c.smoothing.num_samples = 3
+    c.smoothing.sigma = 0.05  # noise on: the per-example keys must follow the example
+    c.mask.warmup_steps = 3
+    c.mask.period = 2
+    return c
+
+
+def batch_inputs():
+    """Eight toy images with ids in no order (batch-composition tests)."""
+    images = greenish_images(8, seed=5)
+    targets = np.ones(8, np.int32)
+    ids = np.array([40, 11, 7, 3, 25, 19, 2, 31], np.int32)
+    return images, targets, ids
+
+
+def uneven_inputs(n=7):
+    """Images at different distances from the decision boundary: different step counts."""
+    images = greenish_images(n, seed=5)
+    images[..., 1] -= np.linspace(0.0, 0.25, n, dtype=np.float32)[:, None, None]
+    return images, np.ones(n, np.int32), np.arange(100, 100 + n, dtype=np.int32)
+
+
+def slot_config(**overrides):
+    """noisy_search_config with dotted-key overrides (``mask.period=3``)."""
+    c = noisy_search_config()
+    for key, value in overrides.items():
+        node = c
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return c

@@ -12,7 +12,7 @@ jax.config.update("jax_num_cpu_devices", 4)
 import numpy as np  # noqa: E402
 
 from sce_jax import Explainer, parallel  # noqa: E402
-from tests.test_search_sharding import batch_inputs, search_config  # noqa: E402
+from tests.search_helpers import batch_inputs, noisy_search_config as search_config  # noqa: E402
 from tests.toy_models import mean_colour_classifier, toy_generator  # noqa: E402
 
 

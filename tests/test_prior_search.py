@@ -16,24 +16,11 @@ import numpy as np
 import pytest
 
 from sce_jax import Explainer
-from sce_jax.prior import Prior
 from sce_jax.search import config as search_config
 from sce_jax.search import prior_step
 from tests.search_helpers import small_config
-from tests.toy_models import greenish_images, mean_colour_classifier, toy_generator
-
-VARIANCES = np.array([1.0, 1.0, 0.0], np.float32)  # the data never uses latent channel 2
-
-
-def gaussian_velocity(params, z_t, t, context=None):
-    s2 = params["variances"]
-    tb = t[:, None, None, None]
-    return (tb - (1 - tb) * s2) / ((1 - tb) ** 2 * s2 + tb ** 2) * z_t
-
-
-def gaussian_prior() -> Prior:
-    return Prior(gaussian_velocity, {"variances": jnp.asarray(VARIANCES)}, name="gaussian")
-
+from tests.toy_models import (gaussian_prior, greenish_images, mean_colour_classifier,
+                              toy_generator)
 
 @pytest.fixture(scope="module")
 def generator():

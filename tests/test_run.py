@@ -87,8 +87,11 @@ def test_run_by_class_name_says_what_it_does_and_records_names(checkpoints, imag
     assert len(rows) == 5 and {row["goal"] for row in rows if row["status"] == "ok"} == {"reach owl"}
 
 
-def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints, image_folder, tmp_path):
+@pytest.mark.parametrize("engine", ["batch", "slots"])
+def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints, image_folder, tmp_path,
+                                                                    engine):
     config = tiny_config(checkpoints, image_folder)
+    config.engine = engine
     full_dir, resumed_dir = str(tmp_path / "full"), str(tmp_path / "resumed")
     run.explain_dataset(config, full_dir)
 
@@ -112,6 +115,28 @@ def test_resume_after_interruption_gives_the_uninterrupted_manifest(checkpoints,
     assert again["counterfactuals_per_second"] == before["counterfactuals_per_second"] > 0
     assert [r["counterfactuals"] > 0 for r in again["runs"]] == [True, True]
     assert _manifest(resumed_dir) == _manifest(full_dir)
+
+
+def test_slot_and_batch_engines_write_the_same_records(checkpoints, image_folder, tmp_path):
+    """The slot engine (one slot fewer than the images, chunks of 3 steps) writes what the
+    batch engine writes, one part file per chunk that finished examples."""
+    manifests = {}
+    for engine in ("batch", "slots"):
+        config = tiny_config(checkpoints, image_folder)
+        config.search.steps = 6
+        config.output.report = False
+        config.engine, config.slots, config.chunk_steps = engine, 3, 3
+        run.explain_dataset(config, str(tmp_path / engine))
+        manifests[engine] = _manifest(str(tmp_path / engine))
+    keys = ("example_id", "status", "target", "attempt", "steps", "success", "prediction_after")
+    assert [[r.get(k) for k in keys] for r in manifests["slots"]] == [
+        [r.get(k) for k in keys] for r in manifests["batch"]]
+    for a, b in zip(manifests["slots"], manifests["batch"]):
+        if a["status"] == "ok":
+            assert a["prob_target_after"] == pytest.approx(b["prob_target_after"], abs=1e-4)
+            assert a["files"] == b["files"]
+    parts = os.listdir(tmp_path / "slots" / "parts")
+    assert len(parts) >= 2 and len({r["example_id"] for r in manifests["slots"]}) == 5
 
 
 def test_resume_with_another_config_is_refused(checkpoints, image_folder, tmp_path):
@@ -201,6 +226,10 @@ def test_batches_never_exceed_the_data_and_a_search_too_large_is_refused(
     config.output.report = False
     config.batch_size = 100000  # 5 images: batches of 5 rows, not 100000
     config.max_memory_gb = 1e-6
+    with pytest.raises(memory_check.MemoryLimitError, match=(
+            r"^the search for 5 search slots of 16x16x1 images needs about [0-9.e-]+ GB")):
+        run.explain_dataset(config, str(tmp_path / "refused"))  # the slot engine's chunk
+    config.engine = "batch"
     with pytest.raises(memory_check.MemoryLimitError, match=(
             r"^the search for batches of 5 images of 16x16x1 needs about [0-9.e-]+ GB of "
             r"memory, more than 1e-06 GB \(max_memory_gb=1e-06\); lower batch_size")):

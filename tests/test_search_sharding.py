@@ -6,30 +6,11 @@ import sys
 
 import numpy as np
 
-import sce_jax
 from sce_jax import Explainer
-from tests.toy_models import greenish_images, mean_colour_classifier, toy_generator
+from tests.search_helpers import batch_inputs, noisy_search_config as search_config
+from tests.toy_models import mean_colour_classifier, toy_generator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def search_config():
-    c = sce_jax.default_search_config()
-    c.steps = 30
-    c.attempts = 2
-    c.learning_rate = 0.03
-    c.smoothing.num_samples = 3
-    c.smoothing.sigma = 0.05  # noise on: the per-example keys must follow the example
-    c.mask.warmup_steps = 3
-    c.mask.period = 2
-    return c
-
-
-def batch_inputs():
-    images = greenish_images(8, seed=5)
-    targets = np.ones(8, np.int32)
-    ids = np.array([40, 11, 7, 3, 25, 19, 2, 31], np.int32)
-    return images, targets, ids
 
 
 def test_batch_of_one_eight_and_four_devices_agree(tmp_path):

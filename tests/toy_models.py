@@ -6,11 +6,11 @@ search may change the image is then known exactly. Its encoder is the exact inve
 that are constant on each block.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sce_jax import Classifier, Generator
+from sce_jax.prior import Prior
 
 FACTOR = 4
 MIX = np.array([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3], [0.1, 0.0, 1.0]], np.float32)
@@ -56,3 +56,18 @@ def greenish_images(batch: int, size=(16, 16), seed: int = 0) -> np.ndarray:
     blocks = rng.uniform(0.0, 0.3, (batch, h // FACTOR, w // FACTOR, 3)).astype(np.float32)
     blocks[..., 1] += 0.5
     return np.repeat(np.repeat(blocks, FACTOR, axis=1), FACTOR, axis=2)
+
+
+# The exact rectified-flow velocity of a Gaussian "data" distribution (tests/test_prior_search.py
+# explains it): the prior of the toy search tests.
+VARIANCES = np.array([1.0, 1.0, 0.0], np.float32)  # the data never uses latent channel 2
+
+
+def gaussian_velocity(params, z_t, t, context=None):
+    s2 = params["variances"]
+    tb = t[:, None, None, None]
+    return (tb - (1 - tb) * s2) / ((1 - tb) ** 2 * s2 + tb ** 2) * z_t
+
+
+def gaussian_prior() -> Prior:
+    return Prior(gaussian_velocity, {"variances": jnp.asarray(VARIANCES)}, name="gaussian")

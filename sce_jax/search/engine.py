@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from sce_jax.generator import GeneratorSpec
 from sce_jax.search import background_spots, masks, objectives, prior_step, targets
 from sce_jax.search.config import SearchSettings
-from sce_jax.search.loop import run_attempt
+from sce_jax.search.loop import AttemptResult, run_attempt
 from sce_jax.search.smoothing import StepInputs
 
 # fold_in tag of the prior's noise (apart from the smoothing noise, keyed by step numbers).
@@ -115,23 +115,34 @@ class Explanation(NamedTuple):
     reconstruction: jax.Array  # (B, H, W, C) D(z0), for diagnostics
 
 
-def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
-                  settings: SearchSettings, kind: str,
-                  progress: Callable | None = None) -> Explanation:
-    """All K attempts of the search for one batch (see the module docstring)."""
+class Encoded(NamedTuple):
+    """What every attempt of a search needs about its original (leading axis B)."""
+
+    x: jax.Array              # (B, H, W, C) float32 original
+    z0: jax.Array             # (B, h, w, c) starting latent
+    decoded0: jax.Array       # (B, H, W, C) D(z0)
+    logits0: jax.Array        # (B, K) classifier on the original
+    target: jax.Array         # (B,) resolved target
+    value: jax.Array          # (B,) desired decision of a flipped attribute
+    prediction: jax.Array     # (B,)
+    prob_prediction: jax.Array  # (B,)
+    prob_before: jax.Array    # (B,)
+    near_boundary: jax.Array  # (B,) bool
+    empty: jax.Array | None   # (B, H, W, 1) the original's empty background (spot rejection), or None
+
+
+def check_search(models: SearchModels, settings: SearchSettings, kind: str) -> None:
+    """Refuses a target kind or a prior setting the models cannot run."""
     targets.KINDS.get(kind)  # an unknown kind raises, naming the known ones
-    spec = models.generator
-    use_prior = settings.prior.active
-    if use_prior and models.velocity_fn is None:
+    if settings.prior.active and models.velocity_fn is None:
         raise ValueError("search.prior is enabled but no prior was given: pass a Prior "
                          "(run config: prior.checkpoint) or set search.prior.enabled = False")
 
-    def decode(z):
-        return spec.decode(params.generator, z, batch.context)
 
-    def logits_of(images):
-        return models.logits_fn(params.classifier, images)
-
+def encode(params: SearchParams, batch: Batch, *, models: SearchModels,
+           settings: SearchSettings, kind: str) -> Encoded:
+    """Encodes the originals, classifies them and resolves the targets (no search yet)."""
+    spec = models.generator
     x = batch.images.astype(jnp.float32)
     if batch.latents is not None:
         z0 = batch.latents.astype(jnp.float32)
@@ -139,8 +150,8 @@ def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
         raise ValueError(f"{spec.name} has no encoder: pass starting latents in the batch")
     else:
         z0 = spec.encode_fn(params.generator, x)
-    decoded0 = decode(z0)
-    logits0 = logits_of(x)
+    decoded0 = spec.decode(params.generator, z0, batch.context)
+    logits0 = models.logits_fn(params.classifier, x)
     probs0 = jax.nn.softmax(logits0, axis=-1)
     prediction = jnp.argmax(logits0, axis=-1)
     target = batch.targets.astype(jnp.int32)
@@ -155,58 +166,100 @@ def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
         prob_prediction = jnp.max(probs0, axis=-1)
     prob_before = targets.target_probability(logits0, target, value, kind=kind)
     near_boundary = (prob_prediction - prob_before) < settings.boundary_margin
-
-    root = jax.random.key(settings.seed)
-    base_keys = jax.vmap(lambda e, t: jax.random.fold_in(jax.random.fold_in(root, e), t))(
-        batch.example_ids.astype(jnp.uint32), target.astype(jnp.uint32))
-
-    def projection(keys):
-        """``z -> P(z)`` with this attempt's prior noise (see search/prior_step.py), or None."""
-        if not use_prior:
-            return None
-        eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, PRIOR_NOISE_TAG),
-                                                   z0.shape[1:]))(keys)
-        velocity = functools.partial(models.velocity_fn, params.prior)
-        p = settings.prior
-        return lambda z: prior_step.clean_prediction(
-            velocity, z, eps, strength=p.strength, steps=p.denoise_steps, shift=p.shift,
-            context=batch.context)
-
     # The original's empty background, once for all attempts (spot rejection only).
     empty = background_spots.empty_background(x) if settings.reject_background_spots else None
+    return Encoded(x, z0, decoded0, logits0, target, value, prediction, prob_prediction,
+                   prob_before, near_boundary, empty)
+
+
+def attempt_keys(seed: int, example_ids: jax.Array, target: jax.Array, attempt) -> jax.Array:
+    """``fold_in(fold_in(fold_in(key(seed), example_id), target), attempt)`` per example;
+    ``attempt`` is one index or one per example."""
+    root = jax.random.key(seed)
+    attempt = jnp.broadcast_to(jnp.asarray(attempt, jnp.uint32), example_ids.shape)
+    return jax.vmap(lambda e, t, k: jax.random.fold_in(
+        jax.random.fold_in(jax.random.fold_in(root, e), t), k))(
+        example_ids.astype(jnp.uint32), target.astype(jnp.uint32), attempt)
+
+
+def projection(params: SearchParams, keys: jax.Array, latent_shape, context, *,
+               models: SearchModels, settings: SearchSettings) -> Callable | None:
+    """``z -> P(z)`` with the attempt's prior noise (see search/prior_step.py), or None."""
+    if not settings.prior.active:
+        return None
+    eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, PRIOR_NOISE_TAG),
+                                               latent_shape))(keys)
+    velocity = functools.partial(models.velocity_fn, params.prior)
+    p = settings.prior
+    return lambda z: prior_step.clean_prediction(
+        velocity, z, eps, strength=p.strength, steps=p.denoise_steps, shift=p.shift,
+        context=context)
+
+
+def attempt_outcome(res: AttemptResult, enc: Encoded, attempt, locked: jax.Array, *,
+                    settings: SearchSettings) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Spot rejection, the lock after an attempt, and its distances (per example).
+
+    ``attempt`` is the attempt's index (one, or one per example); returns the new lock and the
+    attempt's fields of :class:`Explanation`.
+    """
+    x = enc.x
+    if settings.reject_background_spots:
+        spot = res.success & (jnp.asarray(attempt) > 0) & background_spots.is_background_spot(
+            x, res.image, enc.empty)
+        res = res._replace(success=res.success & ~spot,
+                           image=objectives.tree_select(spot, x, res.image),
+                           latent=objectives.tree_select(spot, enc.z0, res.latent),
+                           logits=objectives.tree_select(spot, enc.logits0, res.logits),
+                           prob_after=jnp.where(spot, enc.prob_before, res.prob_after))
+    else:
+        spot = jnp.zeros_like(res.success)
+    change = masks.change_map(res.image, x)
+    significant = masks.threshold_mask(change, blur_sigma=settings.mask.blur_sigma,
+                                       threshold=settings.mask.threshold) * (change > 0)
+    changed = masks.dilate(significant, settings.mask.lock_margin)
+    if settings.lock:
+        locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
+    d = objectives.distances(res.latent, enc.z0, res.image, x)
+    out = dict(image=res.image, latent=res.latent, mask=res.mask, success=res.success,
+               no_second_reason=spot, nonfinite=res.nonfinite, steps=res.steps,
+               prob_after=res.prob_after, prediction_after=jnp.argmax(res.logits, axis=-1), **d)
+    return locked, out
+
+
+def explanation(enc: Encoded, per_attempt: dict[str, jax.Array]) -> Explanation:
+    """An :class:`Explanation` from the encoding and the attempts' fields (axes (B, K))."""
+    return Explanation(**per_attempt, target=enc.target, target_value=enc.value,
+                       prediction=enc.prediction, prob_prediction=enc.prob_prediction,
+                       prob_before=enc.prob_before, near_boundary=enc.near_boundary,
+                       reconstruction=enc.decoded0)
+
+
+def explain_batch(params: SearchParams, batch: Batch, *, models: SearchModels,
+                  settings: SearchSettings, kind: str,
+                  progress: Callable | None = None) -> Explanation:
+    """All K attempts of the search for one batch (see the module docstring)."""
+    check_search(models, settings, kind)
+    spec = models.generator
+    enc = encode(params, batch, models=models, settings=settings, kind=kind)
+
+    def decode(z):
+        return spec.decode(params.generator, z, batch.context)
+
+    def logits_of(images):
+        return models.logits_fn(params.classifier, images)
 
     def attempt(locked, k):
-        keys = jax.vmap(lambda key: jax.random.fold_in(key, k))(base_keys)
+        keys = attempt_keys(settings.seed, batch.example_ids, enc.target, k)
         allowed = batch.regions * (1.0 - locked)
-        inp = StepInputs(x, z0, decoded0, allowed, target, value, keys)
+        inp = StepInputs(enc.x, enc.z0, enc.decoded0, allowed, enc.target, enc.value, keys)
+        project = projection(params, keys, enc.z0.shape[1:], batch.context, models=models,
+                             settings=settings)
         res = run_attempt(inp, allowed, batch.valid, decode=decode, logits_fn=logits_of,
                           settings=settings, kind=kind, downsample=spec.downsample,
-                          progress=progress, attempt=k, project=projection(keys))
-        if settings.reject_background_spots:
-            spot = res.success & (k > 0) & background_spots.is_background_spot(
-                x, res.image, empty)
-            res = res._replace(success=res.success & ~spot,
-                               image=objectives.tree_select(spot, x, res.image),
-                               latent=objectives.tree_select(spot, z0, res.latent),
-                               logits=objectives.tree_select(spot, logits0, res.logits),
-                               prob_after=jnp.where(spot, prob_before, res.prob_after))
-        else:
-            spot = jnp.zeros_like(res.success)
-        change = masks.change_map(res.image, x)
-        significant = masks.threshold_mask(change, blur_sigma=settings.mask.blur_sigma,
-                                           threshold=settings.mask.threshold) * (change > 0)
-        changed = masks.dilate(significant, settings.mask.lock_margin)
-        if settings.lock:
-            locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
-        d = objectives.distances(res.latent, z0, res.image, x)
-        out = dict(image=res.image, latent=res.latent, mask=res.mask, success=res.success,
-                   no_second_reason=spot, nonfinite=res.nonfinite, steps=res.steps, prob_after=res.prob_after,
-                   prediction_after=jnp.argmax(res.logits, axis=-1), **d)
-        return locked, out
+                          progress=progress, attempt=k, project=project)
+        return attempt_outcome(res, enc, k, locked, settings=settings)
 
     locked0 = jnp.zeros_like(batch.regions)
     _, per_attempt = jax.lax.scan(attempt, locked0, jnp.arange(settings.attempts))
-    per_attempt = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), per_attempt)
-    return Explanation(**per_attempt, target=target, target_value=value, prediction=prediction,
-                       prob_prediction=prob_prediction, prob_before=prob_before,
-                       near_boundary=near_boundary, reconstruction=decoded0)
+    return explanation(enc, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), per_attempt))

@@ -28,6 +28,13 @@ The loop ends when every valid example is done or the step budget is spent; then
 state of the examples still running is checked once more, and an example that never succeeded
 returns its best state so far (highest target probability). No host round trip happens per
 step; an optional progress callback runs through ``jax.debug.callback``.
+
+The step is :class:`AttemptStep`, shared with the slot engine (:mod:`sce_jax.search.slots`),
+which advances searches that started at different times: every example carries its own step
+counter ``step_b``, and everything keyed on the step is keyed on it (the smoothing noise, the
+mask updates at ``step_b >= warmup, (step_b - warmup) % period == 0``, the prior's correction
+at ``step_b % every == 0``), and each example has its own optimizer state (its own Adam step
+count). In a batch every counter is the same, so a batch and a slot compute the same thing.
 """
 
 from __future__ import annotations
@@ -43,10 +50,10 @@ from sce_jax.search.smoothing import StepInputs, objective_gradient
 
 
 class LoopState(NamedTuple):
-    step: jax.Array          # () int32
+    step: jax.Array          # (B,) int32: each example's own step counter
     z: jax.Array             # (B, h, w, c) the latent the optimizer moves
     offset: jax.Array        # (B, h, w, c) P(z) - z, the prior's correction (0 without prior)
-    opt_state: object
+    opt_state: object        # one optimizer state per example (leading axis B)
     pixel_mask: jax.Array    # (B, H, W, 1)
     latent_mask: jax.Array   # (B, h, w, 1)
     done: jax.Array          # (B,) bool
@@ -69,74 +76,111 @@ class AttemptResult(NamedTuple):
     steps: jax.Array         # (B,) int32
 
 
-def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode: Callable,
-                logits_fn: Callable, settings: SearchSettings, kind: str, downsample: int,
-                progress: Callable | None = None, attempt: int | jax.Array = 0,
-                project: Callable[[jax.Array], jax.Array] | None = None) -> AttemptResult:
-    """Runs one attempt for a batch.
+def reference_inputs(inp: StepInputs, *, decode: Callable,
+                     project: Callable[[jax.Array], jax.Array] | None) -> StepInputs:
+    """The inputs edits are measured against: with a prior, ``z_ref = P(z0)`` and ``D(z_ref)``."""
+    if project is None:
+        return inp
+    z_ref = project(inp.z0)
+    return inp._replace(z0=z_ref, decoded0=decode(z_ref))
+
+
+class AttemptStep:
+    """One step of one attempt for a batch of examples, each at its own step counter.
 
     Args:
-      inp: the batch; its ``mask`` field is replaced by the current edit mask each step.
+      inp: the examples, with ``z0``/``decoded0`` already the reference
+        (:func:`reference_inputs`); its ``mask`` field is replaced by the current edit mask.
+      z_start: (B, h, w, c) the original starting latents ``z0`` (before the prior).
       allowed: (B, H, W, 1) pixels that may change (user region times unlocked area).
-      valid: (B,) False for padding examples, which do no work.
       decode, logits_fn: the generator's decoder and the classifier, over their parameters.
       settings: the static search settings; kind: the target kind (see ``targets``).
       downsample: image size / latent size.
-      progress: optional host function ``(attempt, step, num_done, num_valid)``.
       project: the prior's clean prediction ``z -> P(z)`` (no gradient), or None.
     """
-    optimizer = updates.make_optimizer(settings)
-    mask_cfg = settings.mask
-    every = settings.prior.every
-    lat_allowed = masks.latent_mask(allowed, downsample, 0)
-    pixel_mask0 = allowed
-    z0 = inp.z0
-    if project is not None:  # measure edits against the prior's own version of the original
-        z_ref = project(z0)
-        inp = inp._replace(z0=z_ref, decoded0=decode(z_ref))
-    finite0 = objectives.all_finite(inp.z0, inp.decoded0, inp.x)
 
-    def with_mask(pixel_mask):
-        return inp._replace(mask=pixel_mask)
+    def __init__(self, inp: StepInputs, z_start: jax.Array, allowed: jax.Array, *,
+                 decode: Callable, logits_fn: Callable, settings: SearchSettings, kind: str,
+                 downsample: int, project: Callable[[jax.Array], jax.Array] | None = None):
+        self.inp = inp
+        self.z_start = z_start
+        self.allowed = allowed
+        self.lat_allowed = masks.latent_mask(allowed, downsample, 0)
+        self.decode = decode
+        self.logits_fn = logits_fn
+        self.settings = settings
+        self.kind = kind
+        self.downsample = downsample
+        self.project = project
+        self.optimizer = updates.make_optimizer(settings)
 
-    def correction(z, step, offset):
-        if project is None:
+    def init(self, valid: jax.Array) -> LoopState:
+        """The state before step 0; invalid (padding) and non-finite examples start done."""
+        inp = self.inp
+        finite0 = objectives.all_finite(inp.z0, inp.decoded0, inp.x)
+        return LoopState(
+            step=jnp.zeros(valid.shape, jnp.int32),
+            z=self.z_start,
+            offset=inp.z0 - self.z_start,
+            opt_state=jax.vmap(self.optimizer.init)(inp.z0),
+            pixel_mask=self.allowed,
+            latent_mask=self.lat_allowed,
+            done=~valid | ~finite0,
+            success=jnp.zeros_like(valid),
+            nonfinite=valid & ~finite0,
+            steps_used=jnp.zeros(valid.shape, jnp.int32),
+            best_z=inp.z0,
+            best_mask=self.allowed,
+            best_p=jnp.full(valid.shape, -1.0, jnp.float32),
+        )
+
+    def correction(self, z, step, offset):
+        """``P(z) - z`` where an example's step is due (``step % every == 0``), else ``offset``."""
+        if self.project is None:
             return offset
+        every = self.settings.prior.every
         if every == 1:
-            return project(z) - z
-        return jax.lax.cond(step % every == 0, lambda: project(z) - z, lambda: offset)
+            return self.project(z) - z
+        due = step % every == 0
+        return jax.lax.cond(jnp.any(due),
+                            lambda: objectives.tree_select(due, self.project(z) - z, offset),
+                            lambda: offset)
 
-    state = LoopState(
-        step=jnp.zeros((), jnp.int32),
-        z=z0,
-        offset=inp.z0 - z0,
-        opt_state=optimizer.init(inp.z0),
-        pixel_mask=pixel_mask0,
-        latent_mask=lat_allowed,
-        done=~valid | ~finite0,
-        success=jnp.zeros_like(valid),
-        nonfinite=valid & ~finite0,
-        steps_used=jnp.zeros(valid.shape, jnp.int32),
-        best_z=inp.z0,
-        best_mask=pixel_mask0,
-        best_p=jnp.full(valid.shape, -1.0, jnp.float32),
-    )
+    def confined(self, step: jax.Array) -> jax.Array:
+        """Whether a search at ``step`` may succeed. A capped mask (``mask.max_area < 1``) is a
+        promise about the result: no success before the first mask (made at step
+        ``warmup_steps``) has confined the edit; otherwise always."""
+        mask_cfg = self.settings.mask
+        if mask_cfg.enabled and mask_cfg.max_area < 1:
+            return step > mask_cfg.warmup_steps
+        return jnp.ones_like(step, bool)
 
-    def cond(s: LoopState):
-        return (s.step < settings.steps) & jnp.any(~s.done)
+    def _new_masks(self, decoded):
+        """The edit mask recomputed from the change map (pixel and latent)."""
+        mask_cfg, allowed = self.settings.mask, self.allowed
+        # Only the allowed area counts: D(z) also moves under locked or excluded pixels, and a
+        # peak there would push the whole allowed area below tau.
+        change = masks.change_map(decoded, self.inp.decoded0) * allowed
+        keep = masks.threshold_mask(change, blur_sigma=mask_cfg.blur_sigma,
+                                    threshold=mask_cfg.threshold, max_area=mask_cfg.max_area)
+        if mask_cfg.fill_holes:
+            keep = masks.fill_holes(keep)
+        keep = keep * allowed
+        pm = masks.soften(keep, allowed, mask_cfg.soft_border)
+        return pm, masks.latent_mask(pm, self.downsample, mask_cfg.dilation) * self.lat_allowed
 
-    def body(s: LoopState):
-        offset = correction(s.z, s.step, s.offset)
+    def __call__(self, s: LoopState) -> LoopState:
+        """Steps 1-4 of the module docstring for every example (frozen ones keep their state)."""
+        inp, settings, kind, z0 = self.inp, self.settings, self.kind, self.z_start
+        mask_cfg = settings.mask
+        offset = self.correction(s.z, s.step, s.offset)
         z_eval = s.z + offset
-        out = objective_gradient(z_eval, s.step, with_mask(s.pixel_mask), decode=decode,
-                                 logits_fn=logits_fn, settings=settings, kind=kind)
+        out = objective_gradient(z_eval, s.step, inp._replace(mask=s.pixel_mask), decode=self.decode,
+                                 logits_fn=self.logits_fn, settings=settings, kind=kind)
         p = targets.target_probability(out.logits, inp.target, inp.value, kind=kind)
         reached = targets.target_reached(out.logits, inp.target, inp.value, kind=kind,
                                          goal_probability=settings.goal_probability)
-        if mask_cfg.enabled and mask_cfg.max_area < 1:
-            # A capped mask is a promise about the result: no success before the first mask
-            # (made at step warmup_steps) has confined the edit.
-            reached = reached & (s.step > mask_cfg.warmup_steps)
+        reached = reached & self.confined(s.step)
         finite = objectives.all_finite(out.grad, out.logits, z_eval)
         active = ~s.done
         improve = active & finite & (p > s.best_p)
@@ -150,30 +194,24 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
 
         grad = updates.process_gradient(jnp.where(finite.reshape(-1, 1, 1, 1), out.grad, 0.0),
                                         s.latent_mask, settings)
-        step_updates, opt_state = optimizer.update(grad, s.opt_state, s.z)
+        step_updates, opt_state = jax.vmap(self.optimizer.update)(grad, s.opt_state, s.z)
         z = z0 + s.latent_mask * (s.z + step_updates - z0)
 
         pixel_mask, latent_mask = s.pixel_mask, s.latent_mask
         if mask_cfg.enabled:
             due = (s.step >= mask_cfg.warmup_steps) & ((s.step - mask_cfg.warmup_steps) % mask_cfg.period == 0)
 
-            def new_masks(_):
-                # Only the allowed area counts: D(z) also moves under locked or excluded
-                # pixels, and a peak there would push the whole allowed area below tau.
-                change = masks.change_map(out.decoded, inp.decoded0) * allowed
-                keep = masks.threshold_mask(change, blur_sigma=mask_cfg.blur_sigma,
-                                            threshold=mask_cfg.threshold, max_area=mask_cfg.max_area)
-                if mask_cfg.fill_holes:
-                    keep = masks.fill_holes(keep)
-                keep = keep * allowed
-                pm = masks.soften(keep, allowed, mask_cfg.soft_border)
-                return pm, masks.latent_mask(pm, downsample, mask_cfg.dilation) * lat_allowed
+            def updated(_):
+                pm, lm = self._new_masks(out.decoded)
+                return (objectives.tree_select(due, pm, pixel_mask),
+                        objectives.tree_select(due, lm, latent_mask))
 
-            pixel_mask, latent_mask = jax.lax.cond(due, new_masks, lambda _: (pixel_mask, latent_mask), None)
+            pixel_mask, latent_mask = jax.lax.cond(jnp.any(due), updated,
+                                                   lambda _: (pixel_mask, latent_mask), None)
             z = z0 + latent_mask * (z - z0)
 
         keep = ~done
-        new = s._replace(
+        return s._replace(
             step=s.step + 1,
             z=objectives.tree_select(keep, z, s.z),
             offset=objectives.tree_select(active, offset, s.offset),  # the one judged this step
@@ -182,40 +220,76 @@ def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode
             latent_mask=objectives.tree_select(keep, latent_mask, s.latent_mask),
             done=done, success=success, nonfinite=nonfinite, steps_used=steps_used,
             best_z=best_z, best_mask=best_mask, best_p=best_p)
+
+    def finish(self, s: LoopState, valid: jax.Array) -> AttemptResult:
+        """The attempt's result from its last state.
+
+        The examples still running (their budget spent) were updated after their last check:
+        they are checked once more. A frozen example keeps the latent it was judged at
+        (``z + offset``); one that never succeeded returns its best state.
+        """
+        inp, settings, kind = self.inp, self.settings, self.kind
+        decode, logits_fn = self.decode, self.logits_fn
+        running = ~s.done
+        z_last = s.z + objectives.tree_select(running, self.correction(s.z, s.step, s.offset), s.offset)
+        decoded = decode(z_last)
+        x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, s.pixel_mask, mode=settings.output_mode)
+        logits = logits_fn(x_cf)
+        p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
+        reached = targets.target_reached(logits, inp.target, inp.value, kind=kind,
+                                         goal_probability=settings.goal_probability)
+        reached = reached & self.confined(s.step)
+        finite = objectives.all_finite(x_cf, logits, z_last)
+        success = s.success | (running & finite & reached)
+        nonfinite = s.nonfinite | (running & ~finite)
+        steps_used = jnp.where(running, s.step, s.steps_used)
+        # Failed examples return their best state; succeeded ones the state that succeeded.
+        use_best = ~success & (s.best_p > jnp.where(finite, p, -jnp.inf))
+        z = objectives.tree_select(use_best, s.best_z, z_last)
+        mask = objectives.tree_select(use_best, s.best_mask, s.pixel_mask)
+        decoded = jax.lax.cond(jnp.any(use_best), decode, lambda _: decoded, z)
+        x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, mask, mode=settings.output_mode)
+        logits = jax.lax.cond(jnp.any(use_best), logits_fn, lambda _: logits, x_cf)
+        p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
+        bad = nonfinite | ~objectives.all_finite(x_cf, logits)
+        image = objectives.tree_select(bad, inp.x, x_cf)
+        latent = z if self.project is None else self.z_start + (z - inp.z0)  # the edit, from the original
+        return AttemptResult(image=image, latent=latent, mask=mask, logits=logits,
+                             prob_after=jnp.where(bad, jnp.nan, p), success=success & ~bad & valid,
+                             nonfinite=bad & valid, steps=steps_used)
+
+
+def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode: Callable,
+                logits_fn: Callable, settings: SearchSettings, kind: str, downsample: int,
+                progress: Callable | None = None, attempt: int | jax.Array = 0,
+                project: Callable[[jax.Array], jax.Array] | None = None) -> AttemptResult:
+    """Runs one attempt for a batch: :class:`AttemptStep` in a ``lax.while_loop``.
+
+    Args:
+      inp: the batch; its ``mask`` field is replaced by the current edit mask each step.
+      allowed: (B, H, W, 1) pixels that may change (user region times unlocked area).
+      valid: (B,) False for padding examples, which do no work.
+      decode, logits_fn: the generator's decoder and the classifier, over their parameters.
+      settings: the static search settings; kind: the target kind (see ``targets``).
+      downsample: image size / latent size.
+      progress: optional host function ``(attempt, step, num_done, num_valid)``.
+      project: the prior's clean prediction ``z -> P(z)`` (no gradient), or None.
+    """
+    step = AttemptStep(reference_inputs(inp, decode=decode, project=project), inp.z0, allowed,
+                       decode=decode, logits_fn=logits_fn, settings=settings, kind=kind,
+                       downsample=downsample, project=project)
+
+    def cond(s: LoopState):  # every counter of a batch is the same: s.step[0] is the batch's
+        return (s.step[0] < settings.steps) & jnp.any(~s.done)
+
+    def body(s: LoopState):
+        new = step(s)
         if progress is not None and settings.progress_every > 0:
-            jax.lax.cond(new.step % settings.progress_every == 0,
-                         lambda: jax.debug.callback(progress, attempt, new.step,
+            jax.lax.cond(new.step[0] % settings.progress_every == 0,
+                         lambda: jax.debug.callback(progress, attempt, new.step[0],
                                                     jnp.sum(new.done & valid), jnp.sum(valid)),
                          lambda: None)
         return new
 
-    s = jax.lax.while_loop(cond, body, state)
-
-    # The examples still running were updated after their last check: check them once more.
-    # (A frozen example keeps the latent it was judged at: z + offset.)
-    running = ~s.done
-    z_last = s.z + objectives.tree_select(running, correction(s.z, s.step, s.offset), s.offset)
-    decoded = decode(z_last)
-    x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, s.pixel_mask, mode=settings.output_mode)
-    logits = logits_fn(x_cf)
-    p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
-    reached = targets.target_reached(logits, inp.target, inp.value, kind=kind,
-                                     goal_probability=settings.goal_probability)
-    finite = objectives.all_finite(x_cf, logits, z_last)
-    success = s.success | (running & finite & reached)
-    nonfinite = s.nonfinite | (running & ~finite)
-    steps_used = jnp.where(running, s.step, s.steps_used)
-    # Failed examples return their best state; succeeded ones the state that succeeded.
-    use_best = ~success & (s.best_p > jnp.where(finite, p, -jnp.inf))
-    z = objectives.tree_select(use_best, s.best_z, z_last)
-    mask = objectives.tree_select(use_best, s.best_mask, s.pixel_mask)
-    decoded = jax.lax.cond(jnp.any(use_best), decode, lambda _: decoded, z)
-    x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, mask, mode=settings.output_mode)
-    logits = jax.lax.cond(jnp.any(use_best), logits_fn, lambda _: logits, x_cf)
-    p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
-    bad = nonfinite | ~objectives.all_finite(x_cf, logits)
-    image = objectives.tree_select(bad, inp.x, x_cf)
-    latent = z if project is None else z0 + (z - inp.z0)  # the edit, from the original
-    return AttemptResult(image=image, latent=latent, mask=mask, logits=logits,
-                         prob_after=jnp.where(bad, jnp.nan, p), success=success & ~bad & valid,
-                         nonfinite=bad & valid, steps=steps_used)
+    s = jax.lax.while_loop(cond, body, step.init(valid))
+    return step.finish(s, valid)

@@ -17,8 +17,8 @@ The proximity terms are added exactly (unsmoothed). With ``N = 1, sigma = 0`` bo
 ``jax.grad`` of the plain objective. Samples are evaluated ``chunk_size`` at a time inside a
 ``lax.fori_loop``, so memory grows with the chunk, not with ``N``.
 
-Noise for example ``b`` at step ``s``, sample ``n`` is drawn from
-``fold_in(fold_in(key_b, s), n)``: it does not depend on the batch it is in.
+Noise for example ``b`` at its step ``s_b``, sample ``n`` is drawn from
+``fold_in(fold_in(key_b, s_b), n)``: it does not depend on the batch or slot it is in.
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ class StepOutputs(NamedTuple):
 
 
 def _noise(keys, step, index, shape):
-    """Per-example standard normal noise of ``shape`` (without batch axis)."""
-    def one(key):
-        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, step), index), shape)
-    return jax.vmap(one)(keys)
+    """Per-example standard normal noise of ``shape`` (without batch axis); ``step`` is one
+    step for the batch or each example's own (B,)."""
+    def one(key, example_step):
+        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, example_step), index), shape)
+    return jax.vmap(one)(keys, jnp.broadcast_to(jnp.asarray(step), keys.shape))
 
 
 def _mean_over_samples(sample_fn: Callable[[jax.Array], jax.Array], num_samples: int,

@@ -1,0 +1,135 @@
+"""The slot engine (continuous batching) gives the batch engine's results, whatever the slot."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sce_jax import Explainer
+from sce_jax.search import slots
+from sce_jax.search.slots import SlotInputs
+from tests.search_helpers import slot_config as config, uneven_inputs
+from tests.toy_models import gaussian_prior, mean_colour_classifier, toy_generator
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PER_ATTEMPT = ("image", "latent", "mask", "prob_after", "pixel_l1", "latent_l2")
+
+
+def assert_same(streamed: dict, batch, rows, atol):
+    assert sorted(streamed) == list(rows)
+    for i in rows:
+        got = streamed[i]
+        assert got.steps[0].tolist() == batch.steps[i].tolist(), i
+        assert got.success[0].tolist() == batch.success[i].tolist(), i
+        assert got.no_second_reason[0].tolist() == batch.no_second_reason[i].tolist(), i
+        for name in PER_ATTEMPT:
+            np.testing.assert_allclose(getattr(got, name)[0], getattr(batch, name)[i], atol=atol,
+                                       err_msg=f"{name} of example {i}")
+        for name in ("target", "prediction", "near_boundary"):
+            assert getattr(got, name)[0] == getattr(batch, name)[i]
+        np.testing.assert_allclose(got.reconstruction[0], batch.reconstruction[i], atol=atol)
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return Explainer(toy_generator(), mean_colour_classifier(), config())
+
+
+def test_fewer_slots_than_examples_give_the_batch_engine_results(explainer):
+    images, targets, ids = uneven_inputs()
+    batch = explainer.explain(images, targets, example_ids=ids)
+    # the test means something only if the searches end at different steps
+    assert len(set(batch.steps.ravel().tolist())) >= 3 and batch.success.any() and not batch.success.all()
+    streamed = dict(explainer.explain_stream(iter(images), targets, example_ids=ids, slots=3,
+                                             chunk_steps=4))
+    assert_same(streamed, batch, range(len(images)), atol=1e-5)
+
+
+def test_prior_and_adam_in_slots_match_the_batch_engine():
+    """Per-slot step counters drive the prior's ``every`` and Adam's own step count."""
+    images, targets, ids = uneven_inputs(5)
+    c = config(optimizer="adam", learning_rate=0.02, lock=False, **{"prior.enabled": True,
+                                                                    "prior.every": 3})
+    explainer = Explainer(toy_generator(), mean_colour_classifier(), c, prior=gaussian_prior())
+    batch = explainer.explain(images, targets, example_ids=ids)
+    assert len(set(batch.steps.ravel().tolist())) >= 2
+    streamed = dict(explainer.explain_stream(images, targets, example_ids=ids, slots=2,
+                                             chunk_steps=3))
+    # the toy prior's Euler steps amplify fusion-order rounding (see test_prior_search.py)
+    assert_same(streamed, batch, range(len(images)), atol=5e-4)
+
+
+def test_a_refilled_slot_keeps_nothing_of_its_previous_occupant(explainer):
+    images, targets, ids = uneven_inputs(6)
+    params = explainer.search_params
+    scheduler = explainer.slot_scheduler("class", slots=3, chunk_steps=4)  # test 1's shapes
+    search = scheduler.search
+    batch, _ = explainer.prepare_batch(images, targets, kind="class", example_ids=ids)
+    enc = scheduler._encode(params, batch)
+
+    def inputs(rows, attempt, locked):
+        rows = np.asarray(rows)
+        return SlotInputs(enc=jax.tree.map(lambda a: a[rows], enc), example_ids=jnp.asarray(ids[rows]),
+                          attempt=jnp.asarray(attempt, jnp.int32),
+                          region=jnp.ones((len(rows), 16, 16, 1)), locked=locked,
+                          z_ref=enc.z0[rows], decoded_ref=enc.decoded0[rows])
+
+    every = jnp.ones(3, bool)
+    state = slots.fresh(search, params, every, inputs([0, 1, 2], [0, 0, 0], jnp.zeros((3, 16, 16, 1))))
+    for _ in range(2):  # the occupants move: momentum, masks, step counters, best state
+        state = slots.advance(search, params, state)[0]
+    assert int(state.loop.step[1]) == 8
+    assert float(jnp.abs(jax.tree.leaves(state.loop.opt_state)[0][1]).max()) > 0
+    lock = jnp.zeros((3, 16, 16, 1)).at[1, :8].set(1.0)   # the new occupant's own lock
+    second = inputs([3, 4, 5], [1, 1, 1], lock)
+    refilled = slots.begin(search, params, state, jnp.asarray([False, True, False]), second)
+    alone = slots.fresh(search, params, every, second)
+    for new, ref, old in zip(jax.tree.leaves(refilled), jax.tree.leaves(alone),
+                             jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(new)[1], np.asarray(ref)[1])   # as if fresh
+        np.testing.assert_array_equal(np.asarray(new)[::2], np.asarray(old)[::2])   # untouched
+    assert float(refilled.loop.pixel_mask[1, :8].max()) == 0.0   # locked area not editable
+
+
+def test_slots_sharded_over_two_devices_match_the_batch_engine(tmp_path, explainer):
+    images, targets, ids = uneven_inputs(5)
+    batch = explainer.explain(images, targets, example_ids=ids)
+    out = tmp_path / "slots.npz"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "tests.sharded_slots_script", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = np.load(out)
+    np.testing.assert_allclose(sharded["image"], batch.image, atol=1e-5)
+    np.testing.assert_array_equal(sharded["steps"], batch.steps)
+    np.testing.assert_array_equal(sharded["success"], batch.success)
+
+
+def test_groups_of_several_searches_come_out_whole_and_work_is_counted(explainer):
+    """Rows sharing a group key (one image, several targets) are yielded together, in order."""
+    images, _, ids = uneven_inputs(3)
+    rows = np.array([0, 0, 1, 2, 2])
+    targets = np.array([1, 0, 1, 1, 0], np.int32)   # target 0: the prediction, reached at once
+    batch = explainer.explain(images[rows], targets, example_ids=ids[rows])
+    block, _ = explainer.prepare_batch(images[rows], targets, kind="class", example_ids=ids[rows])
+    scheduler = explainer.slot_scheduler("class", slots=8, chunk_steps=4, min_slots=1)
+    groups = dict(scheduler.run([(block, ["a", "a", "b", "c", "c"])]))
+    assert sorted(groups) == ["a", "b", "c"]
+    for key, members in {"a": [0, 1], "b": [2], "c": [3, 4]}.items():
+        assert groups[key].target.tolist() == targets[members].tolist()
+        assert groups[key].steps.tolist() == batch.steps[members].tolist()
+    work = scheduler.work
+    assert work.useful == sum(min(s + 1, 30) for s in batch.steps.ravel().tolist())
+    assert 0 < work.useful <= work.computed <= 8 * 4 * work.chunks
+    assert work.shrinks >= 1  # the last searches ran in a smaller state, with the same results
+
+
+def test_bad_slot_settings_are_refused(explainer):
+    with pytest.raises(ValueError, match="slots must be at least 1"):
+        explainer.slot_scheduler("class", slots=0)
+    with pytest.raises(ValueError, match="chunk_steps must be at least 1"):
+        explainer.slot_scheduler("class", slots=2, chunk_steps=0)
