@@ -5,7 +5,7 @@
 
 Both engines explain the same Fashion-MNIST test images (the first ``--images``, zero-padded
 to 32x32 as the demo's subset is) with the demo's models and search config
-(``configs/fashion_mnist.py``: latent prior, 100-step budget, K = 2, leave-the-prediction
+(``configs/fashion_mnist.py``: latent prior, its step budget, K = 2, leave-the-prediction
 targets), in this process, one after the other:
 
 - ``batch``: :meth:`sce_jax.Explainer.explain_arrays` on batches of ``--batch`` images (the last

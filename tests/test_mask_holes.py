@@ -105,3 +105,16 @@ def test_max_area_keeps_only_the_strongest_change():
     assert change[0][capped[0] > 0].min() > change[0][capped[0] == 0].max()
     # Below the cap the threshold alone decides: the patch, nothing of the weak change.
     assert capped[1].sum() == 16 and capped[1, 3:7, 3:7].min() == 1
+
+
+def test_a_capped_mask_fills_its_holes_only_within_the_cap():
+    ring = np.ones((2, 10, 10, 1), np.float32)
+    ring[:, 2:8, 2:8] = 0            # a frame around the middle (64 of 100 pixels): a 36-pixel hole
+    ring[1] = 0
+    ring[1, 3:6, 3:6] = 1            # a small ring: 8 pixels and its 1-pixel hole
+    ring[1, 4, 4] = 0
+    out = np.asarray(masks.fill_holes_within(jnp.asarray(ring), max_area=0.7))
+    np.testing.assert_array_equal(out[0], ring[0])           # filled it would cover 100% > 70%
+    assert out[1].sum() == 9 and out[1, 4, 4] == 1            # filled it covers 9%: filled
+    np.testing.assert_array_equal(np.asarray(masks.fill_holes_within(jnp.asarray(ring))),
+                                  np.asarray(masks.fill_holes(jnp.asarray(ring))))

@@ -164,7 +164,7 @@ class AttemptStep:
         keep = masks.threshold_mask(change, blur_sigma=mask_cfg.blur_sigma,
                                     threshold=mask_cfg.threshold, max_area=mask_cfg.max_area)
         if mask_cfg.fill_holes:
-            keep = masks.fill_holes(keep)
+            keep = masks.fill_holes_within(keep, mask_cfg.max_area)
         keep = keep * allowed
         pm = masks.soften(keep, allowed, mask_cfg.soft_border)
         return pm, masks.latent_mask(pm, self.downsample, mask_cfg.dilation) * self.lat_allowed

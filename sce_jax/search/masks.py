@@ -8,7 +8,8 @@ image may change. The edit mask of a search step is::
     d'   = blur_sigma(d) / max(blur_sigma(d))
     tau' = max(tau, q_a(d'))                 q_a: the value that a share a of the image's
                                              pixels reaches (``mask.max_area``; a = 1: tau)
-    keep = fill([d' >= tau']) * allowed      allowed = user region * unlocked area
+    keep = fill_a([d' >= tau']) * allowed    allowed = user region * unlocked area; fill_a: the
+                                             holes filled unless that exceeds the share a
     m    = blur_border(keep) * allowed       soft border, never outside ``allowed``
 
 ``fill`` (optional, ``mask.fill_holes``) adds the holes of the mask: pixels that no 4-connected
@@ -109,6 +110,17 @@ def fill_holes(mask: jax.Array) -> jax.Array:
     free = mask <= 0
     outside = flood(free & border_pixels(mask.shape[1], mask.shape[2])[None], free)
     return jnp.where(outside, 0.0, 1.0).astype(mask.dtype)
+
+
+def fill_holes_within(mask: jax.Array, max_area: float = 1.0) -> jax.Array:
+    """:func:`fill_holes`, per example only where the filled mask covers at most ``max_area``
+    of the image; elsewhere the mask as it was (a capped mask stays within its cap even when
+    it rings the image's middle: the background around a square, say)."""
+    filled = fill_holes(mask)
+    if max_area >= 1.0:
+        return filled
+    within = jnp.mean(filled, axis=(1, 2, 3), keepdims=True) <= max_area
+    return jnp.where(within, filled, mask)
 
 
 def soften(mask: jax.Array, allowed: jax.Array, border: float) -> jax.Array:
