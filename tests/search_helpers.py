@@ -27,13 +27,18 @@ def small_config(**overrides):
     c.smoothing.sigma = 0.02
     c.mask.warmup_steps = 3
     c.mask.period = 2
+    return with_overrides(c, **overrides)
+
+
+def with_overrides(config, **overrides):
+    """``config`` with ``overrides`` set by dotted key (``mask.period=3``), in place."""
     for key, value in overrides.items():
-        target = c
+        node = config
         *path, leaf = key.split(".")
         for p in path:
-            target = target[p]
-        target[leaf] = value
-    return c
+            node = node[p]
+        node[leaf] = value
+    return config
 
 
 def plain_objective(z, inp: StepInputs, *, decode: Callable, logits_fn: Callable,
@@ -78,11 +83,4 @@ def uneven_inputs(n=7):
 
 def slot_config(**overrides):
     """noisy_search_config with dotted-key overrides (``mask.period=3``)."""
-    c = noisy_search_config()
-    for key, value in overrides.items():
-        node = c
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return with_overrides(noisy_search_config(), **overrides)

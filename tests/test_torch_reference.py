@@ -28,7 +28,7 @@ from sce_jax.search import masks, objectives, targets, updates
 from sce_jax.search.config import settings_from_config
 from sce_jax.search.smoothing import StepInputs
 from sce_jax.weights.strict import load_torch_state_dict_into
-from tests.search_helpers import plain_objective
+from tests.search_helpers import plain_objective, with_overrides
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -137,13 +137,7 @@ def _config(**overrides):
     c.reject_background_spots = False  # not mirrored: a check after the search, not a step
     c.mask.warmup_steps = 3
     c.mask.period = 2
-    for key, value in overrides.items():
-        node = c
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return with_overrides(c, **overrides)
 
 
 @pytest.mark.slow
