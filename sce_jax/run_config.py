@@ -109,26 +109,24 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
         problems.append("data.source is empty: name an image folder, an .npz or a .csv")
     if config.data.get("format"):
         check_name(DATA_SOURCES, config.data.format)
+    def check_model(section: str, kinds) -> None:  # checkpoint or diffusers folder, kind, dtype
+        model = config[section]
+        if model.checkpoint and model.diffusers:
+            problems.append(f"{section}: set only one of {section}.checkpoint and {section}.diffusers")
+        check_name(kinds, model.kind)
+        if model.dtype not in DTYPE_NAMES:
+            problems.append(f"{section}.dtype={model.dtype!r}: must be {' or '.join(DTYPE_NAMES)}")
+
     if not (config.generator.checkpoint or config.generator.diffusers):
         problems.append("generator: set generator.checkpoint (orbax) or generator.diffusers")
-    if config.generator.checkpoint and config.generator.diffusers:
-        problems.append("generator: set only one of generator.checkpoint and generator.diffusers")
-    check_name(GENERATOR_KINDS, config.generator.kind)
-    if config.generator.dtype not in DTYPE_NAMES:
-        problems.append(f"generator.dtype={config.generator.dtype!r}: must be "
-                        f"{' or '.join(DTYPE_NAMES)}")
+    check_model("generator", GENERATOR_KINDS)
     if not config.classifier.checkpoint:
         problems.append("classifier.checkpoint is empty")
     check_name(HEADS, config.classifier.head)
     if config.search.prior.enabled and not (config.prior.checkpoint or config.prior.diffusers):
         problems.append("search.prior.enabled needs a prior: set prior.checkpoint or "
                         "prior.diffusers (or --config.search.prior.enabled=False)")
-    if config.prior.checkpoint and config.prior.diffusers:
-        problems.append("prior: set only one of prior.checkpoint and prior.diffusers")
-    check_name(DIFFUSERS_PRIORS, config.prior.kind)
-    if config.prior.dtype not in DTYPE_NAMES:
-        problems.append(f"prior.dtype={config.prior.dtype!r}: must be "
-                        f"{' or '.join(DTYPE_NAMES)}")
+    check_model("prior", DIFFUSERS_PRIORS)
     check_name(RUN_TARGET_KINDS, config.targets.kind)
     needs_class = (config.targets.kind in RUN_TARGET_KINDS
                    and RUN_TARGET_KINDS[config.targets.kind].needs_class)

@@ -77,6 +77,12 @@ class TensorRule:
     to_torch: Callable[[np.ndarray], np.ndarray]
 
 
+# A norm layer's affine parameters: PyTorch's weight is NNX's scale.
+_NORM_AFFINE = {
+    "scale": ("weight", _identity, _identity),
+    "bias": ("bias", _identity, _identity),
+}
+
 # (layer type, NNX variable name) -> (PyTorch tensor name, to_nnx, to_torch)
 _LAYER_RULES: dict[type, dict[str, tuple[str, Callable, Callable]]] = {
     nnx.Conv: {
@@ -87,17 +93,10 @@ _LAYER_RULES: dict[type, dict[str, tuple[str, Callable, Callable]]] = {
         "kernel": ("weight", _linear_to_nnx, _linear_to_torch),
         "bias": ("bias", _identity, _identity),
     },
-    nnx.GroupNorm: {
-        "scale": ("weight", _identity, _identity),
-        "bias": ("bias", _identity, _identity),
-    },
-    nnx.LayerNorm: {
-        "scale": ("weight", _identity, _identity),
-        "bias": ("bias", _identity, _identity),
-    },
+    nnx.GroupNorm: _NORM_AFFINE,
+    nnx.LayerNorm: _NORM_AFFINE,
     nnx.BatchNorm: {
-        "scale": ("weight", _identity, _identity),
-        "bias": ("bias", _identity, _identity),
+        **_NORM_AFFINE,
         "mean": ("running_mean", _identity, _identity),
         "var": ("running_var", _identity, _identity),
     },
