@@ -20,10 +20,9 @@ def get_config(arg: str | None = None):
     # very confident classifier (WORKSPACE.md, "Tuning the defaults").
     c.search.optimizer = "adam"
     # The mask covers at most 40% of the image (a square is 6-25% of it): without the cap, 5 of
-    # 24 first attempts spread their change over the whole image (noise or a recoloured
-    # background), with it the change lands on the square in 96% of the flips.
+    # 25 flips changed the whole image (noise or a recoloured background) and 84% put most of
+    # their change on the square; with it, 100% do (README, "Explanation quality").
     c.search.mask.max_area = 0.4
-    # The prior stays at the default strength 0.3: 0.5 scores higher on the ground truth (92%
-    # of the flips change the square most, 0.3: 84%) but mottles the recoloured squares
-    # (README, "Explanation quality": the squares table and figure).
+    # The prior stays at the default strength 0.3: a stronger one mottles the recoloured
+    # squares and, with the cap, moves no figure of the squares table.
     return c
