@@ -334,30 +334,34 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         else:
             commits = run_slots.batch_commits(batches, lambda b: _explain_batch(
                 b, config, explainer, classifier, logits_jit, kind, workdir, context))
-        for index in itertools.count():
-            try:
-                records = next(commits, None)
-            except Exception as e:  # noqa: BLE001 - only a failed exchange between processes
-                if process_count > 1 and _is_collective_failure(e):
-                    raise peers.lost(f"batch {index + 1}", e) from None
-                raise
-            if records is None:
-                break
-            records = [{**r, **named_fields(r, classifier.class_names)} for r in records]
-            workdir_files.write_part(workdir, process_index, records)  # the commit point
-            committed += 1
-            n_cf = sum(1 for r in records if r["status"] == "ok")
-            produced += n_cf
-            progress.update(n_cf)
-            # After the batch: a stop asked for during it (even during the first compile)
-            # costs nothing that was computed. After the last one there is nothing to stop.
-            # (The slot engine's commits are not batches: its searches in flight are redone.)
-            if (scheduler is not None or index + 1 < num_batches) and peers.any(
-                    f"stop after batch {index + 1}", state.stop.is_set()):
-                state.stop.set()
-                logging.warning("stopped on request after %d complete batch(es); rerun to resume",
-                                committed)
-                break
+        try:  # the generators are closed here, in this thread (their decode pool joins)
+            for index in itertools.count():
+                try:
+                    records = next(commits, None)
+                except Exception as e:  # noqa: BLE001 - only a failed exchange between processes
+                    if process_count > 1 and _is_collective_failure(e):
+                        raise peers.lost(f"batch {index + 1}", e) from None
+                    raise
+                if records is None:
+                    break
+                records = [{**r, **named_fields(r, classifier.class_names)} for r in records]
+                workdir_files.write_part(workdir, process_index, records)  # the commit point
+                committed += 1
+                n_cf = sum(1 for r in records if r["status"] == "ok")
+                produced += n_cf
+                progress.update(n_cf)
+                # After the batch: a stop asked for during it (even during the first compile)
+                # costs nothing that was computed. After the last one there is nothing to stop.
+                # (The slot engine's commits are not batches: its searches in flight are redone.)
+                if (scheduler is not None or index + 1 < num_batches) and peers.any(
+                        f"stop after batch {index + 1}", state.stop.is_set()):
+                    state.stop.set()
+                    logging.warning("stopped on request after %d complete batch(es); rerun to resume",
+                                    committed)
+                    break
+        finally:
+            commits.close()
+            batches.close()
         elapsed = time.monotonic() - start
         # all parts written before anyone assembles (shared workdir)
         peers.barrier("all batches written")

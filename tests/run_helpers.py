@@ -65,6 +65,9 @@ def tiny_run_settings(checkpoints: tuple[str, str], source: str, **overrides: An
         "targets.kind": "other", "batch_size": 2, "search.steps": 3, "search.attempts": 2,
         "search.smoothing.num_samples": 2, "search.mask.warmup_steps": 1,
         "search.mask.period": 1, "output.report": False,
+        # The batch engine: the kill and signal tests hold a run at a data batch's search, its
+        # part file or a PNG; the slot engine's commits are tested on their own.
+        "engine": "batch",
     }
     settings.update({k.replace("__", "."): v for k, v in overrides.items()})
     return settings

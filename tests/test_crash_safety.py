@@ -118,6 +118,30 @@ def test_killed_at_every_stage_then_resumed_equals_the_uninterrupted_run(setup, 
     _assert_same_as_reference(workdir, setup["reference"])
 
 
+def test_slot_engine_killed_before_a_commit_then_resumed_writes_each_example_once(setup, tmp_path):
+    """The slot engine commits whole examples as they finish: a run killed while its first
+    commit is held loses only the searches in flight, and the rerun writes every example once,
+    with the batch engine's decisions."""
+    workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
+    slots = ["--config.engine=slots", "--config.slots=3"]
+    os.makedirs(hooks, exist_ok=True)
+    proc = helpers.start([f"--config={setup['config']}", f"--workdir={workdir}", *slots],
+                         {**setup["env"], "SCE_TEST_HOOK_DIR": str(hooks), "SCE_TEST_BLOCK": "part:2"})
+    _kill_when(proc, hooks / "blocked")
+    first = _committed_ids(workdir)
+    assert first and len(first) < 17            # one commit kept, the rest not
+    code, out, err = helpers.finish(helpers.start(
+        [f"--config={setup['config']}", f"--workdir={workdir}", *slots], setup["env"]), TIMEOUT)
+    assert code == 0, err[-4000:]
+    records, expected = helpers.read_manifest(workdir), helpers.read_manifest(setup["reference"])
+    keys = ("example_id", "status", "target", "attempt", "steps", "success", "prediction_after")
+    assert [[r.get(k) for k in keys] for r in records] == [[r.get(k) for k in keys] for r in expected]
+    ids = _committed_ids(workdir)
+    assert {i: ids.count(i) for i in set(ids)} == {
+        r["example_id"]: 1 if r["status"] == "skipped" else 2 for r in expected}
+    assert helpers.output_files(workdir) == helpers.output_files(setup["reference"])
+
+
 def _handles(proc, signum):
     """True once ``proc`` has installed a handler for ``signum`` (Linux: SigCgt in /proc)."""
     with open(f"/proc/{proc.pid}/status") as f:

@@ -49,9 +49,11 @@ def number(minimum: float = 0.0, maximum: float | None = None, *, integer: bool 
         value = int(value) if integer else float(value)
         low_ok = value > minimum if above else value >= minimum
         if not low_ok or (maximum is not None and value > maximum):
-            low = f"> {minimum}" if above else f">= {minimum}"
-            high = "" if maximum is None else f" and <= {maximum}"
-            raise SearchConfigError(f"search config {name}={value!r}: must be {low}{high}")
+            if maximum is not None:
+                bounds = f"in {'(' if above else '['}{minimum:g}, {maximum:g}]"
+            else:
+                bounds = f"{'>' if above else '>='} {minimum:g}"
+            raise SearchConfigError(f"search config {name}={value!r}: must be {bounds}")
         return value
     return check
 
