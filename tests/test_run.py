@@ -30,7 +30,8 @@ def image_folder(tmp_path_factory):
 
 
 def tiny_config(checkpoints, source):
-    return helpers.tiny_config(checkpoints, source, search__steps=4, output__report=True)
+    return helpers.tiny_config(checkpoints, source, search__steps=4, output__report=True,
+                               engine="auto")  # one process: the slot engine, as users run it
 
 
 def _manifest(workdir):
@@ -226,6 +227,7 @@ def test_batches_never_exceed_the_data_and_a_search_too_large_is_refused(
     config.output.report = False
     config.batch_size = 100000  # 5 images: batches of 5 rows, not 100000
     config.max_memory_gb = 1e-6
+    config.engine = "slots"
     with pytest.raises(memory_check.MemoryLimitError, match=(
             r"^the search for 5 search slots of 16x16x1 images needs about [0-9.e-]+ GB")):
         run.explain_dataset(config, str(tmp_path / "refused"))  # the slot engine's chunk
