@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from tests.search_helpers import with_overrides
+
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -230,10 +232,4 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
 
 def apply(config, changes: dict[str, Any]):
     """Sets dotted keys of a run config (returns it)."""
-    for key, value in changes.items():
-        *path, leaf = key.split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    return config
+    return with_overrides(config, **changes)
