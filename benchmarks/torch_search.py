@@ -337,6 +337,12 @@ class BatchSearch:
     def probability(self, logits):
         return target_probability(logits, self.target, self.value, kind=self.kind)
 
+    def judged(self, x_cf):
+        """The image success is judged on: rounded to 8 bits (halves to even) when judge_8bit."""
+        if not self.s.judge_8bit:
+            return x_cf
+        return torch.round(x_cf.clamp(0.0, 1.0) * 255.0) / 255.0
+
     def reached(self, logits):
         return target_reached(logits, self.target, self.value, kind=self.kind,
                               goal_probability=self.s.goal_probability)
@@ -404,7 +410,7 @@ class BatchSearch:
         else:
             raise ValueError(f"unknown smoothing space {space!r}")
         with torch.no_grad():
-            logits = self.clf(x_cf.detach())
+            logits = self.clf(self.judged(x_cf.detach()))
         return z.grad.detach().clone(), x_cf.detach(), decoded.detach(), logits
 
 
@@ -511,7 +517,7 @@ def _run_attempt(search: BatchSearch, allowed, valid, step_times: list | None):
         z_final = z.detach()
         decoded = gen.decode(z_final)
         x_cf = search.compose(decoded, pixel_mask)
-        logits = search.clf(x_cf)
+        logits = search.clf(search.judged(x_cf))
         p = search.probability(logits)
         reached = search.reached(logits)
         finite = all_finite(x_cf, logits, z_final)
@@ -526,7 +532,7 @@ def _run_attempt(search: BatchSearch, allowed, valid, step_times: list | None):
             decoded = gen.decode(z_out)
         x_cf = search.compose(decoded, mask)
         if bool(use_best.any()):
-            logits = search.clf(x_cf)
+            logits = search.clf(search.judged(x_cf))
         p = search.probability(logits)
         bad = nonfinite | ~all_finite(x_cf, logits)
         image = select(bad, x, x_cf)

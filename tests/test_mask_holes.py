@@ -12,7 +12,8 @@ import numpy as np
 from sce_jax import Explainer
 from sce_jax.search import masks
 from tests.search_helpers import small_config
-from tests.toy_models import greenish_images, toy_generator, weighted_colour_classifier
+from tests.toy_models import (greenish_images, mean_colour_classifier, toy_generator,
+                              weighted_colour_classifier)
 
 
 def test_fill_holes_fills_enclosed_pixels_only():
@@ -118,3 +119,21 @@ def test_a_capped_mask_fills_its_holes_only_within_the_cap():
     assert out[1].sum() == 9 and out[1, 4, 4] == 1            # filled it covers 9%: filled
     np.testing.assert_array_equal(np.asarray(masks.fill_holes_within(jnp.asarray(ring))),
                                   np.asarray(masks.fill_holes(jnp.asarray(ring))))
+
+
+def test_a_capped_search_that_fails_returns_a_confined_state():
+    """Unconfined, the warm-up flips the whole image; capped to one 4x4 block, the mean colour
+    cannot reach the goal. The failed search must return its best *confined* state, not the
+    whole-image warm-up state that could never count as a success."""
+    x = greenish_images(3, seed=1)
+    settings = {"goal_probability": 0.9, "mask.warmup_steps": 6, "learning_rate": 0.5,
+                "steps": 30, "mask.soft_border": 0.0, "mask.dilation": 0}
+    clf = mean_colour_classifier(scale=20.0)
+    free = Explainer(toy_generator(), clf, small_config(**settings)).explain(x, targets=[1] * 3)
+    assert free.success[:, 0].all()                        # the whole image flips it
+    capped = Explainer(toy_generator(), clf, small_config(**{"mask.max_area": 0.0625, **settings})
+                       ).explain(x, targets=[1] * 3)
+    assert not capped.success[:, 0].any()
+    changed = (np.abs(capped.image[:, 0] - x).max(-1) > 1e-3).mean((1, 2))
+    assert (changed <= 0.1).all(), changed                 # one block and ties, not the image
+    assert (capped.prob_after[:, 0] < 0.9).all()           # as written, it is no success either

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import sce_jax
-from sce_jax import Explainer
+from sce_jax import Explainer, image_io
 from sce_jax.search import config as search_config
-from sce_jax.search import smoothing
+from sce_jax.search import objectives, smoothing
 from sce_jax.search.smoothing import StepInputs
 from tests.search_helpers import plain_objective, small_config
 from tests.toy_models import (greenish_images, mean_colour_classifier, toy_generator,
@@ -194,16 +194,18 @@ def test_nonfinite_example_fails_alone(generator):
 
 def test_inf_logit_marks_only_that_example_failed(generator):
     base = mean_colour_classifier()
+    level = np.float32(31) / np.float32(255)
 
     def logits(params, images):
         out = base.logits_fn(params, images)
-        # an example whose top-left pixel is exactly 0.123 in red makes the network blow up
-        blow = jnp.abs(images[:, 0, 0, 0] - 0.123) < 1e-6
+        # an example whose top-left pixel is exactly 31/255 in red (an 8-bit level: the judged,
+        # rounded image keeps it) makes the network blow up
+        blow = jnp.abs(images[:, 0, 0, 0] - level) < 1e-6
         return jnp.where(blow[:, None], jnp.inf, out)
 
     clf = sce_jax.Classifier.from_function(logits, base.params, num_outputs=2)
     x = greenish_images(3)
-    x[2, :4, :4, 0] = 0.123
+    x[2, :4, :4, 0] = level
     result = Explainer(generator, clf, small_config()).explain(x, targets=[1, 1, 1])
     assert result.nonfinite[2, 0] and not result.success[2, 0]
     assert result.success[:2, 0].all()
@@ -248,3 +250,39 @@ def test_config_errors_name_the_problem():
         Explainer(toy_generator(), mean_colour_classifier()).explain(greenish_images(1), targets=[5])
     with pytest.raises(ValueError, match=r"not a multiple of toy's downsampling factor 4"):
         Explainer(toy_generator(), mean_colour_classifier()).explain(np.zeros((1, 10, 16, 3)), targets=[1])
+
+
+def _written_probability(clf, images):
+    """p(class 1) of the images as written to 8-bit files and read back."""
+    written = image_io.to_uint8(images).astype(np.float32) / 255.0
+    return np.asarray(jax.nn.softmax(clf.logits(jnp.asarray(written)))[:, 1])
+
+
+def test_success_is_judged_on_the_image_as_written(generator):
+    """A classifier that reads a 4x4 block at 3000x gain: a float stop just past the goal reads
+    p = 0.5 once rounded to 8 bits. Judged on the rounded image, every success holds when saved."""
+    weights = np.zeros((16, 16), np.float32)
+    weights[:4, :4] = 1.0
+    clf = weighted_colour_classifier(weights, scale=3000.0)
+    x = greenish_images(16, seed=3)
+    x[:, :4, :4, 0] = x[:, :4, :4, 1] - np.linspace(0.005, 0.015, 16)[:, None, None]
+    settings = {"goal_probability": 0.9, "mask.enabled": False, "smoothing.space": "none",
+                "optimizer": "adam", "learning_rate": 3e-4, "steps": 200}
+
+    floats = Explainer(generator, clf, small_config(judge_8bit=False, **settings)).explain(
+        x, targets=[1] * 16)
+    assert floats.success[:, 0].all()
+    assert (_written_probability(clf, floats.image[:, 0]) < 0.9).any()  # the failure guarded
+
+    judged = Explainer(generator, clf, small_config(**settings)).explain(x, targets=[1] * 16)
+    assert judged.success[:, 0].all()
+    written = _written_probability(clf, judged.image[:, 0])
+    assert (written >= 0.9).all(), written
+    np.testing.assert_allclose(judged.prob_after[:, 0], written, atol=1e-6)
+
+
+def test_judged_image_rounds_like_the_png_writer():
+    x = np.array([0.0, 0.5 / 255, 1.5 / 255, 2.5 / 255, 0.49999, 1.0, 1.2, -0.1], np.float32)
+    judged = np.asarray(objectives.judged_image(jnp.asarray(x), judge_8bit=True))
+    np.testing.assert_array_equal(judged, image_io.to_uint8(x).astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(np.asarray(objectives.judged_image(jnp.asarray(x), judge_8bit=False)), x)

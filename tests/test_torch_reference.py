@@ -195,7 +195,8 @@ def test_smoothed_gradients_with_zero_noise_are_the_plain_gradient(models):
         fns = dict(decode=gen.decode, logits_fn=clf.logits, settings=settings, kind="class")
         x_cf = objectives.compose_output(inp.x, gen.decode(z_), inp.decoded0, inp.mask,
                                          mode="residual")
-        return jax.grad(plain_objective)(z_, inp, **fns), x_cf, clf.logits(x_cf)
+        judged = objectives.judged_image(x_cf, judge_8bit=settings.judge_8bit)  # as success is
+        return jax.grad(plain_objective)(z_, inp, **fns), x_cf, clf.logits(judged)
 
     grad, x_cf, logits = reference(jnp.asarray(_nhwc(z)))
     scale = float(np.max(np.abs(grad)))

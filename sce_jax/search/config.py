@@ -155,6 +155,10 @@ class SearchSettings:
     goal_probability: float = key(0.9, number(0.0, 1.0),
                                   "success: target decision and p(target) >= this (0.5: a mere "
                                   "boundary crossing, a weak explanation; 0: decision only)")
+    judge_8bit: bool = key(True, flag,
+                           "success is judged on the image rounded to 8 bits, as it is written "
+                           "(False: on the float image; a float stop at p = goal may read below "
+                           "it once saved)")
     boundary_margin: float = key(0.1, number(0.0),
                                  "an original whose decision beats the target's probability by "
                                  'less than this is reported "near_boundary", not as an explanation')

@@ -5,7 +5,8 @@ Each step, for every example that is still running:
 1. evaluate the output image ``x_cf(z)`` and its (smoothed) gradient; with a prior, the image
    judged is ``x_cf(P(z))`` and the gradient is taken there and applied to ``z``
    (straight-through: ``z + stop_gradient(P(z) - z)``), see below;
-2. if the classifier gives the target decision on ``x_cf(z)``, the example has succeeded:
+2. if the classifier gives the target decision with ``p >= goal_probability`` on ``x_cf(z)``
+   (rounded to 8 bits as it will be written, when ``judge_8bit``), the example has succeeded:
    its state is frozen from here on (masked, never removed: shapes stay static);
    a non-finite gradient, latent or logit marks it failed and freezes it too;
 3. otherwise mask, clip and sparsify the gradient, take an optimizer step, and reset the
@@ -26,7 +27,8 @@ is ``z0 + P(z) - z_ref`` (the edit, in the original's coordinates).
 
 The loop ends when every valid example is done or the step budget is spent; then the last
 state of the examples still running is checked once more, and an example that never succeeded
-returns its best state so far (highest target probability). No host round trip happens per
+returns its best state so far (highest target probability among the states that could have
+succeeded: with a capped mask, none before its first update). No host round trip happens per
 step; an optional progress callback runs through ``jax.debug.callback``.
 
 The step is :class:`AttemptStep`, shared with the slot engine (:mod:`sce_jax.search.slots`),
@@ -39,6 +41,7 @@ count). In a batch every counter is the same, so a batch and a slot compute the 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -180,10 +183,13 @@ class AttemptStep:
         p = targets.target_probability(out.logits, inp.target, inp.value, kind=kind)
         reached = targets.target_reached(out.logits, inp.target, inp.value, kind=kind,
                                          goal_probability=settings.goal_probability)
-        reached = reached & self.confined(s.step)
+        confined = self.confined(s.step)
+        reached = reached & confined
         finite = objectives.all_finite(out.grad, out.logits, z_eval)
         active = ~s.done
-        improve = active & finite & (p > s.best_p)
+        # A state that could not succeed (before a capped mask confined the edit) is no result
+        # either: it must not come back as the best of a failed search.
+        improve = active & finite & confined & (p > s.best_p)
         best_z = objectives.tree_select(improve, z_eval, s.best_z)
         best_mask = objectives.tree_select(improve, s.pixel_mask, s.best_mask)
         best_p = jnp.where(improve, p, s.best_p)
@@ -234,7 +240,8 @@ class AttemptStep:
         z_last = s.z + objectives.tree_select(running, self.correction(s.z, s.step, s.offset), s.offset)
         decoded = decode(z_last)
         x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, s.pixel_mask, mode=settings.output_mode)
-        logits = logits_fn(x_cf)
+        judged = functools.partial(objectives.judged_image, judge_8bit=settings.judge_8bit)
+        logits = logits_fn(judged(x_cf))
         p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
         reached = targets.target_reached(logits, inp.target, inp.value, kind=kind,
                                          goal_probability=settings.goal_probability)
@@ -249,7 +256,7 @@ class AttemptStep:
         mask = objectives.tree_select(use_best, s.best_mask, s.pixel_mask)
         decoded = jax.lax.cond(jnp.any(use_best), decode, lambda _: decoded, z)
         x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, mask, mode=settings.output_mode)
-        logits = jax.lax.cond(jnp.any(use_best), logits_fn, lambda _: logits, x_cf)
+        logits = jax.lax.cond(jnp.any(use_best), lambda x: logits_fn(judged(x)), lambda _: logits, x_cf)
         p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
         bad = nonfinite | ~objectives.all_finite(x_cf, logits)
         image = objectives.tree_select(bad, inp.x, x_cf)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Added under the square root of the L2 proximity so its gradient is finite at z = z0.
 L2_EPS = 1e-12
@@ -31,6 +32,23 @@ def compose_output(x, decoded, decoded0, mask, *, mode: str):
     else:
         raise ValueError(f"unknown output mode {mode!r}")
     return jnp.clip(out, 0.0, 1.0)
+
+
+_READ_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255.0)  # image_io's k / 255
+
+
+def judged_image(x_cf, *, judge_8bit: bool):
+    """The image success is judged on: ``round(255 x) / 255`` (as written to 8-bit files, halves
+    to even like ``image_io.to_uint8``) when ``judge_8bit``, else ``x_cf`` itself.
+
+    Only the check sees the rounding; gradients are taken on the float image. The levels are
+    the very floats a written file reads back as (``k / 255`` in float32, a table: XLA's
+    ``x / 255`` may differ from it in the last bit).
+    """
+    if not judge_8bit:
+        return x_cf
+    levels = jnp.round(jnp.clip(x_cf, 0.0, 1.0) * 255.0).astype(jnp.int32)
+    return jnp.take(jnp.asarray(_READ_LEVELS), levels).astype(x_cf.dtype)
 
 
 def _per_example_mean(a):

@@ -49,7 +49,7 @@ class StepOutputs(NamedTuple):
     grad: jax.Array       # (B, h, w, c) gradient of the (smoothed) objective
     x_cf: jax.Array       # (B, H, W, C) output image at z
     decoded: jax.Array    # (B, H, W, C) D(z)
-    logits: jax.Array     # (B, K) classifier on x_cf (no noise)
+    logits: jax.Array     # (B, K) classifier on the judged x_cf (no noise; 8-bit rounded when judge_8bit)
     loss: jax.Array       # (B,) objective at z (no noise)
 
 
@@ -131,7 +131,7 @@ def objective_gradient(z, step, inp: StepInputs, *, decode: Callable, logits_fn:
         raise ValueError(f"unknown smoothing space {space!r}")
     if settings.l1 or settings.l2:
         grad = grad + jax.grad(latent_term_sum)(z)
-    clean_logits = logits_fn(x_cf)
+    clean_logits = logits_fn(objectives.judged_image(x_cf, judge_8bit=settings.judge_8bit))
     loss = (targets.target_loss(clean_logits, inp.target, inp.value, kind=kind,
                                 temperature=settings.temperature, class_loss=settings.class_loss)
             + objectives.latent_proximity(z, inp.z0, l1=settings.l1, l2=settings.l2)
