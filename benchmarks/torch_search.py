@@ -415,8 +415,10 @@ class BatchSearch:
 
 
 def process_gradient(grad, latent_mask_, settings: SearchSettings):
-    """Latent mask, then per-example clipping and sparsification."""
+    """Latent mask, then per-example normalising, clipping and sparsification."""
     grad = grad * latent_mask_
+    if settings.normalize_gradient:
+        grad = grad / _rows(torch.clamp(grad.flatten(1).norm(dim=-1), min=NORM_FLOOR), grad)
     if settings.clip_norm > 0:
         norm = grad.flatten(1).norm(dim=-1)
         factor = torch.clamp(settings.clip_norm / torch.clamp(norm, min=NORM_FLOOR), max=1.0)

@@ -26,6 +26,8 @@ The argument names the variant; each changes exactly one key of the demo's confi
     keep_spots        search.reject_background_spots = False: later attempts may return spots
     no_area_cap       search.mask.max_area = 1: the mask may cover the whole image (squares
                       caps it at 0.4; Fashion-MNIST ships no cap, so there it equals "full")
+    raw_gradient      search.normalize_gradient = False: optimizer steps scale with the raw
+                      gradient (squares normalises it; Fashion-MNIST does not: equals "full")
 
 ``,squares`` bases the variant on the squares demo instead of Fashion-MNIST;
 ``,tiny`` appends the shrink of ``configs/fashion_mnist.py:tiny`` (4 images, 5 steps, 2 noise
@@ -52,6 +54,7 @@ CHANGED_KEYS = {
     "no_fill": "search.mask.fill_holes",
     "keep_spots": "search.reject_background_spots",
     "no_area_cap": "search.mask.max_area",
+    "raw_gradient": "search.normalize_gradient",
 }
 VARIANTS = tuple(CHANGED_KEYS)
 OPTIONS = ("tiny", "squares")
@@ -157,11 +160,19 @@ def no_area_cap(c):
     c.search.mask.max_area = 1.0
 
 
+def raw_gradient(c):
+    """Steps that scale with the raw gradient, not unit-norm ones (squares ships normalised).
+
+    python scripts/explain.py --config=configs/ablation.py:raw_gradient,squares --workdir=runs/ablation_squares/raw_gradient
+    """
+    c.search.normalize_gradient = False
+
+
 APPLY = {"full": full, "no_smoothing": no_smoothing, "latent_smoothing": latent_smoothing,
          "no_mask": no_mask, "no_lock": no_lock, "single_attempt": single_attempt,
          "no_prior": no_prior, "prior_weak": prior_weak, "prior_strong": prior_strong,
          "goal_0.5": goal_05, "goal_0.75": goal_075, "no_fill": no_fill, "keep_spots": keep_spots,
-         "no_area_cap": no_area_cap}
+         "no_area_cap": no_area_cap, "raw_gradient": raw_gradient}
 
 
 def parse_arg(arg: str | None) -> tuple[str, tuple[str, ...]]:

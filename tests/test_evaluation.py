@@ -385,6 +385,7 @@ INTENDED = {
     "no_fill": {"search.mask.fill_holes": False},
     "keep_spots": {"search.reject_background_spots": False},
     "no_area_cap": {"search.mask.max_area": 1.0},   # Fashion-MNIST ships no cap: no change there
+    "raw_gradient": {"search.normalize_gradient": False},  # likewise: only squares normalises
 }
 
 

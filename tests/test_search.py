@@ -286,3 +286,16 @@ def test_judged_image_rounds_like_the_png_writer():
     judged = np.asarray(objectives.judged_image(jnp.asarray(x), judge_8bit=True))
     np.testing.assert_array_equal(judged, image_io.to_uint8(x).astype(np.float32) / 255.0)
     np.testing.assert_array_equal(np.asarray(objectives.judged_image(jnp.asarray(x), judge_8bit=False)), x)
+
+
+def test_normalised_steps_do_not_stall_on_a_flat_classifier(generator):
+    """A classifier whose input gradient is tiny (scale 0.01): raw SGD steps barely move the
+    latent in 40 steps; unit-norm steps of the same learning rate cross the boundary."""
+    clf = mean_colour_classifier(scale=0.01)
+    x = greenish_images(3, seed=2)
+    settings = {"learning_rate": 0.2, "steps": 40, "l2": 0.0}
+    raw = Explainer(generator, clf, small_config(**settings)).explain(x, targets=[1] * 3)
+    unit = Explainer(generator, clf, small_config(normalize_gradient=True, **settings)).explain(
+        x, targets=[1] * 3)
+    assert not raw.success[:, 0].any() and (raw.latent_l2[:, 0] < 0.1).all()
+    assert unit.success[:, 0].all() and (unit.steps[:, 0] < 40).all()

@@ -251,11 +251,12 @@ def test_output_image_and_proximity_match_sce_jax(mode):
                                objectives.pixel_proximity(out_j, x, pixel_l1=0.5), rtol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_gradient_processing_and_optimizer_match_optax(optimizer):
-    """Latent mask, per-example clipping and sparsification, then three optimizer steps."""
+@pytest.mark.parametrize("optimizer,normalize", [("sgd", False), ("adam", False), ("sgd", True)])
+def test_gradient_processing_and_optimizer_match_optax(optimizer, normalize):
+    """Latent mask, per-example normalising (optional), clipping and sparsification, then three
+    optimizer steps."""
     settings = settings_from_config(_config(optimizer=optimizer, learning_rate=0.1, clip_norm=1.5,
-                                            sparsify=0.2))
+                                            sparsify=0.2, normalize_gradient=normalize))
     rng = np.random.default_rng(3)
     z0 = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
     lat_mask = (rng.uniform(size=(3, 4, 4, 1)) > 0.3).astype(np.float32)
@@ -275,6 +276,9 @@ def test_gradient_processing_and_optimizer_match_optax(optimizer):
         opt_t.step()
         np.testing.assert_allclose(_nhwc(z_t), z_j, atol=1e-5)
     assert float(jnp.mean(g_j == 0)) > float(np.mean(lat_mask == 0))  # sparsified beyond the mask
+    if normalize:  # unit norm before sparsifying: at most 1, and the same for every example
+        kept = np.asarray(updates.normalise_per_example(jnp.asarray(grads[0]) * lat_mask, True))
+        np.testing.assert_allclose(np.sqrt((kept ** 2).sum((1, 2, 3))), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sigma", [0.0, 0.4, 1.5, 2.7])

@@ -170,6 +170,10 @@ class SearchSettings:
     optimizer: str = key("sgd", choice(*OPTIMIZERS), f"({UPDATE})")
     learning_rate: float = key(0.05, number(0.0), f"({UPDATE})")
     momentum: float = key(0.9, number(0.0), "SGD only")
+    normalize_gradient: bool = key(False, flag,
+                                   "scale each example's latent gradient to unit L2 norm (the "
+                                   "step length is the learning rate, its direction the "
+                                   "gradient's: no stall where the classifier is confident)")
     clip_norm: float = key(0.0, number(0.0),
                            "per-example L2 clipping of the latent gradient (0: off)")
     sparsify: float = key(0.0, number(0.0),
