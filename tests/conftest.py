@@ -1,5 +1,7 @@
 """Fixtures shared by several test modules (pytest finds them here; no test imports another)."""
 
+import inspect
+
 import pytest
 
 from tests import run_helpers
@@ -18,14 +20,28 @@ def tiny_checkpoints(tmp_path_factory):
     return run_helpers.tiny_checkpoints(tmp_path_factory)
 
 
+def _uses_torch(module) -> bool:
+    """Whether a test module is marked ``torch``, or any of its tests is."""
+    if module.get_closest_marker("torch") is not None:
+        return True
+    return any(mark.name == "torch" for test in vars(module.obj).values()
+               if inspect.isfunction(test) for mark in getattr(test, "pytestmark", []))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def single_torch_thread(request):
-    """torch with one intra-op thread while a module marked ``torch`` runs: on inputs this
-    small its thread pool costs far more than it saves (and competes with XLA's threads)."""
-    if request.node.get_closest_marker("torch") is None:
+    """torch with one intra-op thread while a module marked ``torch`` (or holding a test
+    marked so) runs: on inputs this small its thread pool costs far more than it saves (and
+    competes with XLA's threads)."""
+    torch = None
+    if _uses_torch(request.node):
+        try:
+            import torch
+        except ImportError:  # the module's torch tests say so themselves
+            pass
+    if torch is None:
         yield
         return
-    import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

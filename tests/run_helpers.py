@@ -134,6 +134,16 @@ def run_fixtures(tmp_path_factory) -> dict[str, Any]:
             "env": env, "reference": reference}
 
 
+def script_arrays(module: str, out) -> Any:
+    """Runs ``python -m module out`` (a test script that needs its own process, e.g. its own
+    number of CPU devices) and returns the arrays it saved to ``out`` (an .npz)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", module, str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out)
+
+
 def worker_env(cache_dir: str | None = None, **extra: str) -> dict[str, str]:
     """Environment for a worker: CPU only, a shared compilation cache, no cluster variables."""
     env = {k: v for k, v in os.environ.items()

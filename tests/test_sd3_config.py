@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from tests.sd3_pipeline_folder import TRANSFORMER, write_tiny_sd3_pipeline  # noqa: E402
+from tests.search_helpers import with_overrides  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -54,13 +55,7 @@ def sd3_config(inputs, **overrides):
     c.search.smoothing.num_samples = 1
     c.search.prior.denoise_steps = 1
     c.output.report = False
-    for key, value in overrides.items():
-        *path, leaf = key.split("__")
-        node = c
-        for part in path:
-            node = node[part]
-        node[leaf] = value
-    return c
+    return with_overrides(c, **{key.replace("__", "."): value for key, value in overrides.items()})
 
 
 def manifest(workdir):

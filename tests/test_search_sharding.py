@@ -1,16 +1,11 @@
 """An example's result does not depend on batch size, batch composition or device count."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 
 from sce_jax import Explainer
+from tests.run_helpers import script_arrays
 from tests.search_helpers import batch_inputs, noisy_search_config as search_config
 from tests.toy_models import mean_colour_classifier, toy_generator
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_batch_of_one_eight_and_four_devices_agree(tmp_path):
@@ -26,12 +21,7 @@ def test_batch_of_one_eight_and_four_devices_agree(tmp_path):
     rev = explainer.explain(images[::-1], targets[::-1], example_ids=ids[::-1])
     np.testing.assert_allclose(rev.image[::-1], batch8.image, atol=1e-5)
 
-    out = tmp_path / "sharded.npz"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "tests.sharded_search_script", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded = np.load(out)
+    sharded = script_arrays("tests.sharded_search_script", tmp_path / "sharded.npz")
     np.testing.assert_allclose(sharded["image"], batch8.image[:6], atol=1e-5)
     np.testing.assert_array_equal(sharded["steps"], batch8.steps[:6])
     assert sharded["success"].any()

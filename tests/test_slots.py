@@ -1,9 +1,5 @@
 """The slot engine (continuous batching) gives the batch engine's results, whatever the slot."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +8,10 @@ import pytest
 from sce_jax import Explainer
 from sce_jax.search import slots
 from sce_jax.search.slots import SlotInputs
+from tests.run_helpers import script_arrays
 from tests.search_helpers import slot_config as config, uneven_inputs
 from tests.toy_models import gaussian_prior, mean_colour_classifier, toy_generator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_ATTEMPT = ("image", "latent", "mask", "prob_after", "pixel_l1", "latent_l2")
 
 
@@ -98,12 +94,7 @@ def test_a_refilled_slot_keeps_nothing_of_its_previous_occupant(explainer):
 def test_slots_sharded_over_two_devices_match_the_batch_engine(tmp_path, explainer):
     images, targets, ids = uneven_inputs(5)
     batch = explainer.explain(images, targets, example_ids=ids)
-    out = tmp_path / "slots.npz"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "tests.sharded_slots_script", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sharded = np.load(out)
+    sharded = script_arrays("tests.sharded_slots_script", tmp_path / "slots.npz")
     np.testing.assert_allclose(sharded["image"], batch.image, atol=1e-5)
     np.testing.assert_array_equal(sharded["steps"], batch.steps)
     np.testing.assert_array_equal(sharded["success"], batch.success)

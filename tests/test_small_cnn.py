@@ -18,21 +18,6 @@ RNG = np.random.default_rng(2)
 TARGET = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """torch (when installed) with one intra-op thread while this module runs: on inputs this
-    small its thread pool costs far more than it saves (and competes with XLA's threads)."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def jitted_outputs(model, x, target):
     """Logits, pooled features and the input gradient of logit ``target``, in one compile."""
     graphdef, state = nnx.split(model)

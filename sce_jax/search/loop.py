@@ -41,7 +41,6 @@ count). In a batch every counter is the same, so a batch and a slot compute the 
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -158,6 +157,19 @@ class AttemptStep:
             return step > mask_cfg.warmup_steps
         return jnp.ones_like(step, bool)
 
+    def verdict(self, logits: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(p(target), reached)`` per example: the goal met on the judged image, and the
+        search confined (:meth:`confined`) at ``step``."""
+        inp, kind = self.inp, self.kind
+        p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
+        reached = targets.target_reached(logits, inp.target, inp.value, kind=kind,
+                                         goal_probability=self.settings.goal_probability)
+        return p, reached & self.confined(step)
+
+    def judged_logits(self, x_cf: jax.Array) -> jax.Array:
+        """The classifier on the image success is judged on (8-bit rounded when judge_8bit)."""
+        return self.logits_fn(objectives.judged_image(x_cf, judge_8bit=self.settings.judge_8bit))
+
     def _new_masks(self, decoded):
         """The edit mask recomputed from the change map (pixel and latent)."""
         mask_cfg, allowed = self.settings.mask, self.allowed
@@ -180,16 +192,12 @@ class AttemptStep:
         z_eval = s.z + offset
         out = objective_gradient(z_eval, s.step, inp._replace(mask=s.pixel_mask), decode=self.decode,
                                  logits_fn=self.logits_fn, settings=settings, kind=kind)
-        p = targets.target_probability(out.logits, inp.target, inp.value, kind=kind)
-        reached = targets.target_reached(out.logits, inp.target, inp.value, kind=kind,
-                                         goal_probability=settings.goal_probability)
-        confined = self.confined(s.step)
-        reached = reached & confined
+        p, reached = self.verdict(out.logits, s.step)
         finite = objectives.all_finite(out.grad, out.logits, z_eval)
         active = ~s.done
         # A state that could not succeed (before a capped mask confined the edit) is no result
         # either: it must not come back as the best of a failed search.
-        improve = active & finite & confined & (p > s.best_p)
+        improve = active & finite & self.confined(s.step) & (p > s.best_p)
         best_z = objectives.tree_select(improve, z_eval, s.best_z)
         best_mask = objectives.tree_select(improve, s.pixel_mask, s.best_mask)
         best_p = jnp.where(improve, p, s.best_p)
@@ -234,18 +242,13 @@ class AttemptStep:
         they are checked once more. A frozen example keeps the latent it was judged at
         (``z + offset``); one that never succeeded returns its best state.
         """
-        inp, settings, kind = self.inp, self.settings, self.kind
-        decode, logits_fn = self.decode, self.logits_fn
+        inp, settings, kind, decode = self.inp, self.settings, self.kind, self.decode
         running = ~s.done
         z_last = s.z + objectives.tree_select(running, self.correction(s.z, s.step, s.offset), s.offset)
         decoded = decode(z_last)
         x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, s.pixel_mask, mode=settings.output_mode)
-        judged = functools.partial(objectives.judged_image, judge_8bit=settings.judge_8bit)
-        logits = logits_fn(judged(x_cf))
-        p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
-        reached = targets.target_reached(logits, inp.target, inp.value, kind=kind,
-                                         goal_probability=settings.goal_probability)
-        reached = reached & self.confined(s.step)
+        logits = self.judged_logits(x_cf)
+        p, reached = self.verdict(logits, s.step)
         finite = objectives.all_finite(x_cf, logits, z_last)
         success = s.success | (running & finite & reached)
         nonfinite = s.nonfinite | (running & ~finite)
@@ -256,7 +259,7 @@ class AttemptStep:
         mask = objectives.tree_select(use_best, s.best_mask, s.pixel_mask)
         decoded = jax.lax.cond(jnp.any(use_best), decode, lambda _: decoded, z)
         x_cf = objectives.compose_output(inp.x, decoded, inp.decoded0, mask, mode=settings.output_mode)
-        logits = jax.lax.cond(jnp.any(use_best), lambda x: logits_fn(judged(x)), lambda _: logits, x_cf)
+        logits = jax.lax.cond(jnp.any(use_best), self.judged_logits, lambda _: logits, x_cf)
         p = targets.target_probability(logits, inp.target, inp.value, kind=kind)
         bad = nonfinite | ~objectives.all_finite(x_cf, logits)
         image = objectives.tree_select(bad, inp.x, x_cf)
