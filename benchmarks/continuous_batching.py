@@ -10,7 +10,7 @@ targets), in this process, one after the other:
 
 - ``batch``: :meth:`sce_jax.Explainer.explain_arrays` on batches of ``--batch`` images (the last
   one padded with rows that do no work); each batch runs until its slowest search is done;
-- ``slots``: :class:`sce_jax.slot_scheduler.SlotScheduler` with ``--slots`` searches in flight,
+- ``slots``: :class:`sce_jax.search.slot_scheduler.SlotScheduler` with ``--slots`` searches in flight,
   refilled every ``--chunk_steps`` steps.
 
 Each engine is compiled and warmed up first on ``--warmup`` images (not timed; the slot engine
@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def demo_images(count: int) -> np.ndarray:
     """The first ``count`` Fashion-MNIST test images, (N, 32, 32, 1) float32 in [0, 1]."""
-    from sce_jax.datasets import fashion_mnist
+    from sce_jax.demos import fashion_mnist
 
     split = fashion_mnist.load_split("test")
     if count > split.images.shape[0]:
@@ -52,8 +52,8 @@ def demo_images(count: int) -> np.ndarray:
 def demo_explainer():
     """The demo's models and search settings, as ``configs/fashion_mnist.py`` runs them."""
     from sce_jax import Explainer
-    from sce_jax.config_files import load_config_module
-    from sce_jax.loaders import load_classifier, load_generator, load_prior
+    from sce_jax.launch.config_files import load_config_module
+    from sce_jax.runs.loaders import load_classifier, load_generator, load_prior
     from sce_jax.search.config import settings_from_config
 
     config = load_config_module(os.path.join(ROOT, "configs", "fashion_mnist.py")).get_config()

@@ -20,8 +20,8 @@ from benchmarks.torch_setup import TorchOptions
 
 def _demo_prior():
     """The shipped Fashion-MNIST prior and the prior settings its demo config runs it with."""
-    from sce_jax.config_files import load_config_module
-    from sce_jax.loaders import load_prior
+    from sce_jax.launch.config_files import load_config_module
+    from sce_jax.runs.loaders import load_prior
 
     demo = load_config_module(os.path.join(model_pairs.ROOT, "configs", "fashion_mnist.py"))
     config = demo.get_config()

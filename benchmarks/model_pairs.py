@@ -103,8 +103,8 @@ def demo_pair(setting) -> ModelPair:
     from benchmarks.torch_search import TorchClassifier, TorchGenerator, TorchSmallCNN
     from sce_jax import Classifier, Generator, Preprocessing
     from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+    from sce_jax.models.checkpoint import load_model
     from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
-    from sce_jax.weights.checkpoint import load_model
     from sce_jax.weights.torch_layout import nnx_to_torch_state_dict
 
     device = torch_device()

@@ -46,8 +46,12 @@ from flax import nnx
 from benchmarks import machine
 from sce_jax.models.flux_layers import FluxLayerFactory, rope_tables
 from sce_jax.models.flux_packing import latent_image_ids, text_ids
-from sce_jax.models.flux_transformer import (FluxSingleTransformerBlock, FluxTransformer2DModel,
-                                             FluxTransformer2DModelConfig, FluxTransformerBlock)
+from sce_jax.models.flux_transformer import (
+    FluxSingleTransformerBlock,
+    FluxTransformer2DModel,
+    FluxTransformer2DModelConfig,
+    FluxTransformerBlock,
+)
 from sce_jax.weights.strict import load_torch_state_dict_into
 
 FLUX_DEV = FluxTransformer2DModelConfig(guidance_embeds=True)   # diffusers' defaults = FLUX.1
@@ -77,8 +81,8 @@ def parameter_count(config: FluxTransformer2DModelConfig = FLUX_DEV) -> dict[str
 
 def _torch_block(kind: str, config: FluxTransformer2DModelConfig, dtype: str):
     import torch
-    from diffusers.models.transformers.transformer_flux import (FluxSingleTransformerBlock as T1,
-                                                                FluxTransformerBlock as T2)
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock as T1
+    from diffusers.models.transformers.transformer_flux import FluxTransformerBlock as T2
     cls = T2 if kind == "double" else T1
     torch.manual_seed(0)
     block = cls(config.inner_dim, config.num_attention_heads, config.attention_head_dim).eval()

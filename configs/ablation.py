@@ -36,7 +36,7 @@ samples): a quick check that the variant runs, not a measurement.
 
 import os
 
-from sce_jax.config_files import load_config_module
+from sce_jax.launch.config_files import load_config_module
 
 # variant -> the dotted config key it changes from "full" (None: nothing)
 CHANGED_KEYS = {

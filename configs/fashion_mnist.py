@@ -9,8 +9,8 @@ Search defaults: sce_jax/search/config.py; the values set here were chosen on th
 (WORKSPACE.md, "Tuning the defaults"). ``:tiny`` shrinks everything for a seconds-long check.
 """
 
-from sce_jax.datasets.fashion_mnist import CLASS_NAMES
-from sce_jax.run_config import shipped_demo_config
+from sce_jax.demos.fashion_mnist import CLASS_NAMES
+from sce_jax.runs.config import shipped_demo_config
 
 
 def get_config(arg: str | None = None):

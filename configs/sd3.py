@@ -19,7 +19,7 @@ as it was trained. The prior runs SD3's schedule shift 3; every search step cost
 (SD3)", for what that costs): an accelerator is what this config is for.
 """
 
-from sce_jax.run_config import base_run_config
+from sce_jax.runs.config import base_run_config
 
 REQUIRED = ("pipeline", "embeddings", "classifier")
 OPTIONAL = {"dtype": "float32"}

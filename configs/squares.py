@@ -8,8 +8,8 @@ each image's square box and background class, so a counterfactual can be checked
 factor it changed (sce_jax.metrics.ground_truth). Models: sce_jax/assets/squares/.
 """
 
-from sce_jax.datasets.squares import CLASS_NAMES
-from sce_jax.run_config import shipped_demo_config
+from sce_jax.demos.squares import CLASS_NAMES
+from sce_jax.runs.config import shipped_demo_config
 
 
 def get_config(arg: str | None = None):

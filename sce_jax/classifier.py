@@ -25,35 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sce_jax.registry import Registry
+from sce_jax.search.targets import HEADS, Head  # noqa: F401  (Head: part of this module's API)
 
 Array = jax.Array
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-@dataclasses.dataclass(frozen=True)
-class Head:
-    """What a head type means for targets and labels.
-
-    Attributes:
-      output: what one output is, in messages (``"class"`` or ``"attribute"``).
-      default_kind: the search's target kind when none is asked for
-        (:data:`sce_jax.search.targets.KINDS`; the API's ``explain(images)``).
-      kind_with_targets: ... and when targets are given.
-      labels_index_outputs: a dataset's labels are indices of the outputs (checked against
-        their number).
-    """
-
-    output: str
-    default_kind: str
-    kind_with_targets: str
-    labels_index_outputs: bool
-
-
-HEADS: Registry[Head] = Registry("classifier.head", {
-    "multiclass": Head("class", "other", "class", labels_index_outputs=True),  # softmax
-    "multilabel": Head("attribute", "flip", "flip", labels_index_outputs=False),  # sigmoids
-})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@ The explainer compiles :func:`sce_jax.search.engine.explain_batch` once per (tar
 batch shape), pads a batch to a multiple of the device count, shards it over the ``data``
 mesh axis and replicates the parameters. Over many images, ``explain_stream`` keeps a fixed
 number of searches in flight and refills each as soon as it is done (continuous batching,
-:mod:`sce_jax.slot_scheduler`), yielding each image's result when it is ready::
+:mod:`sce_jax.search.slot_scheduler`), yielding each image's result when it is ready::
 
     for index, result in explainer.explain_stream(images, slots=32):   # any iterable
         ...                                                            # result: one row With a :class:`sce_jax.prior.Prior` and
@@ -31,7 +31,7 @@ from sce_jax.generator import Generator
 from sce_jax.prior import Prior
 from sce_jax.search.config import SearchSettings, settings_from_config
 from sce_jax.search.engine import Batch, Explanation, SearchModels, SearchParams, explain_batch
-from sce_jax.slot_scheduler import SlotScheduler
+from sce_jax.search.slot_scheduler import SlotScheduler
 
 
 class Explainer:
@@ -188,7 +188,7 @@ class Explainer:
 
     def slot_scheduler(self, kind: str, *, slots: int, chunk_steps: int | None = None,
                        min_slots: int | None = None) -> SlotScheduler:
-        """A :class:`~sce_jax.slot_scheduler.SlotScheduler` over this explainer's models (its
+        """A :class:`~sce_jax.search.slot_scheduler.SlotScheduler` over this explainer's models (its
         ``run`` takes blocks from :meth:`prepare_batch` with a group key per row)."""
         return SlotScheduler(self.models, self.settings, kind, self.search_params, slots=slots,
                              chunk_steps=chunk_steps, min_slots=min_slots, mesh=self.mesh)
@@ -206,7 +206,7 @@ class Explainer:
         ``regions`` are iterables of per-image values, as for :meth:`explain`; ``context`` is
         one row given to every image. Images are read ``slots`` at a time, as the slots need
         them; ``chunk_steps``: steps between refills (default: a multiple of the mask period,
-        :func:`sce_jax.slot_scheduler.aligned_chunk_steps`). One process only (several: use
+        :func:`sce_jax.search.slot_scheduler.aligned_chunk_steps`). One process only (several: use
         :meth:`explain`).
         """
         kind = kind or self.default_kind(targets is not None)

@@ -4,8 +4,8 @@
     sce_jax.save_explanation(result, images, "runs/mine", classifier=classifier)
 
 writes what ``scripts/explain.py`` writes for a dataset (same file writer,
-:mod:`sce_jax.example_files`; same record fields, class names and goal in words,
-:mod:`sce_jax.record_names`)::
+:mod:`sce_jax.workdir.example_files`; same record fields, class names and goal in words,
+:mod:`sce_jax.workdir.record_names`)::
 
     images/<id>/original.png, cf_t<t>_a<a>.png, diff_t<t>_a<a>.png, mask_t<t>_a<a>.png
     manifest.jsonl, results.csv, summary.json, report.html
@@ -23,12 +23,14 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from sce_jax import api_inputs, image_io, records, report, results_table
-from sce_jax import workdir as workdir_files
+from sce_jax import api_inputs
 from sce_jax.classifier import Classifier
-from sce_jax.example_files import write_example_files
+from sce_jax.data import image_io
 from sce_jax.metrics.summary import run_summary
-from sce_jax.record_names import with_names
+from sce_jax.workdir import layout as workdir_files
+from sce_jax.workdir import records, report, results_table
+from sce_jax.workdir.example_files import write_example_files
+from sce_jax.workdir.record_names import with_names
 
 
 def infer_kind(result, classifier: Classifier | None) -> str:

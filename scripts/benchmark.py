@@ -55,7 +55,7 @@ from benchmarks import settings as bench_settings  # noqa: E402
 from benchmarks.measure import measure_setting  # noqa: E402
 from benchmarks.model_pairs import demo_missing  # noqa: E402
 from benchmarks.torch_setup import TorchOptions  # noqa: E402
-from sce_jax import command_line  # noqa: E402
+from sce_jax.launch import command_line  # noqa: E402
 
 flags.DEFINE_list("settings", [], "Settings to run (see --list); default: the --quick preset.")
 flags.DEFINE_bool("quick", False, "Run the quick preset (demo or demo_random, sd64_b1_pixel_n8, "

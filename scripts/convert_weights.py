@@ -20,13 +20,13 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sce_jax import command_line  # noqa: E402
-from sce_jax.model_kinds import GENERATOR_KINDS  # noqa: E402
-from sce_jax.weights.checkpoint import save_model  # noqa: E402
+from sce_jax.launch import command_line  # noqa: E402
+from sce_jax.models.checkpoint import save_model  # noqa: E402
+from sce_jax.models.registry import GENERATOR_KINDS  # noqa: E402
 
 flags.DEFINE_string("autoencoder", "", "diffusers folder, pipeline folder or cached repo id")
 flags.DEFINE_enum("kind", "kl", GENERATOR_KINDS.names(), "the autoencoder's generator kind "
-                  "(sce_jax.model_kinds.GENERATOR_KINDS: kl = AutoencoderKL, tiny = "
+                  "(sce_jax.models.registry.GENERATOR_KINDS: kl = AutoencoderKL, tiny = "
                   "AutoencoderTiny / TAESD)")
 flags.DEFINE_string("classifier", "", "torchvision checkpoint file")
 flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet34", "resnet50", "resnet101", "densenet121",
@@ -52,7 +52,7 @@ def main(argv):
         if FLAGS.autoencoder:
             model = GENERATOR_KINDS[FLAGS.kind].from_pretrained(FLAGS.autoencoder)
         else:
-            from sce_jax.weights.torchvision_import import load_torchvision_classifier
+            from sce_jax.models.torchvision_import import load_torchvision_classifier
             model = load_torchvision_classifier(FLAGS.classifier, FLAGS.arch,
                                                 num_classes=FLAGS.num_classes or None,
                                                 image_size=FLAGS.image_size or None)
@@ -63,5 +63,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from sce_jax.command_line import parse_flags
+    from sce_jax.launch.command_line import parse_flags
     app.run(main, flags_parser=parse_flags)  # bad flag: error line, exit 2; --help: exit 0

@@ -19,8 +19,8 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import command_line  # noqa: E402
-from sce_jax import workdir as workdir_files  # noqa: E402
+from sce_jax.launch import command_line  # noqa: E402
+from sce_jax.workdir import layout as workdir_files  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished run's workdir (scripts/explain.py --workdir).")
 flags.DEFINE_string("out", None, "The PNG to write.")

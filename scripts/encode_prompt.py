@@ -48,8 +48,8 @@ def _import_torch_diffusers():
     # transformers >= 5 may fetch layer kernels from the hub when loading; nothing is fetched here.
     os.environ.setdefault("USE_HUB_KERNELS", "0")
     try:
-        import torch
         import diffusers
+        import torch
     except ImportError as e:
         return None, (f"encode_prompt.py needs PyTorch and diffusers ({e}); install them "
                       "with `pip install torch diffusers transformers` (explaining itself does "
@@ -128,6 +128,6 @@ def main(argv):
 FLAGS = flags.FLAGS
 
 if __name__ == "__main__":
-    from sce_jax.command_line import parse_flags
+    from sce_jax.launch.command_line import parse_flags
     # bad flag: error line, exit 2; --help: exit 0
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

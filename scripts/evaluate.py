@@ -26,8 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(ROOT, "sce_jax")):
     sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import command_line, evaluation, log_filter  # noqa: E402
-from sce_jax import workdir as workdir_files  # noqa: E402
+from sce_jax import evaluation  # noqa: E402
+from sce_jax.launch import command_line, log_filter
+from sce_jax.workdir import layout as workdir_files  # noqa: E402
 
 EXIT_USER_ERROR = 2
 

@@ -19,7 +19,7 @@ file system; each explains the examples with ``id % num_processes == process_id`
     # explicit (any machines): the same command on each, with its own --process_id
     python scripts/explain.py --coordinator_address=10.0.0.1:1234 --num_processes=2 \\
         --process_id=0 --workdir=/shared/run
-    # SLURM: srun sets the process id, count and coordinator host (sce_jax.distributed)
+    # SLURM: srun sets the process id, count and coordinator host (sce_jax.launch.distributed)
     srun --ntasks=4 python scripts/explain.py --workdir=/shared/run
     # TPU pod slice / Open MPI: jax.distributed detects the cluster itself
     gcloud compute tpus tpu-vm ssh NAME --worker=all --command="python scripts/explain.py ..."
@@ -69,8 +69,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(ROOT, "sce_jax")):
     sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import collectives, command_line, compilation_cache, distributed, run  # noqa: E402  (imports jax; starts no backend)
-from sce_jax import workdir as workdir_files  # noqa: E402
+from sce_jax.launch import command_line, compilation_cache, distributed
+from sce_jax.runs import collectives  # noqa: E402  (imports jax; starts no backend)
+from sce_jax.runs import loop as run
+from sce_jax.workdir import layout as workdir_files  # noqa: E402
 
 EXIT_COMPLETE = 0
 EXIT_USER_ERROR = 2
@@ -137,7 +139,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     FLAGS = flags.FLAGS
     if FLAGS.print_config:
-        from sce_jax import config_doc
+        from sce_jax.runs import config_doc
         print(config_doc.describe(FLAGS.config))
         return EXIT_COMPLETE
     if FLAGS.compilation_cache:
@@ -153,7 +155,7 @@ def main(argv):
             FLAGS.cpu_devices_per_process, initialization_timeout=FLAGS.peer_timeout)
         summary = run.explain_dataset(FLAGS.config, FLAGS.workdir, state=run.RunState(stop=STOP),
                                       peer_timeout=FLAGS.peer_timeout)
-    except run.USER_ERRORS as e:  # with several processes, all of them stop with it...
+    except run.USER_ERRORS + (distributed.DistributedSetupError,) as e:  # all processes stop...
         if getattr(e, "alone", False):  # ...except a write failed mid-run on this one only
             return _leave_without_peers(_error(e))
         return _error(e)
@@ -178,7 +180,7 @@ def main(argv):
 
 def run_outcome(summary) -> str:
     """The closing line: flip rate as a percentage, counts."""
-    from sce_jax.report import format_value
+    from sce_jax.workdir.report import format_value
     return (f"flip rate {format_value(summary['flip_rate'], 'percent')} (first attempts "
             f"{format_value(summary['flip_rate_first_attempt'], 'percent')}), "
             f"{summary['num_counterfactuals']} counterfactuals for {summary['num_images']} images "

@@ -5,7 +5,7 @@
     python scripts/run_ablation.py --variants=full,no_mask
     python scripts/run_ablation.py --demo=squares          # the squares demo, runs/ablation_squares/
 
-For each variant: ``sce_jax.run.explain_dataset`` into ``<root>/<variant>`` (resumable: a
+For each variant: ``sce_jax.runs.loop.explain_dataset`` into ``<root>/<variant>`` (resumable: a
 rerun finishes what is missing and redoes nothing), then ``sce_jax.evaluation`` over all of
 them, which writes each run's ``evaluation/`` folder and ``<root>/ablation.md`` and
 ``<root>/ablation.csv`` (one row per variant). ``ablation.md`` starts with what each variant
@@ -23,8 +23,11 @@ from absl import app, flags, logging
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing
 
-from sce_jax import evaluation, image_io, log_filter, run  # noqa: E402
-from sce_jax.config_files import load_config_module  # noqa: E402
+from sce_jax import evaluation  # noqa: E402
+from sce_jax.data import image_io
+from sce_jax.launch import log_filter
+from sce_jax.launch.config_files import load_config_module  # noqa: E402
+from sce_jax.runs import loop as run
 
 EXIT_USER_ERROR = 2
 TABLE = "ablation"
@@ -110,5 +113,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from sce_jax.command_line import parse_flags
+    from sce_jax.launch.command_line import parse_flags
     app.run(main, flags_parser=parse_flags)  # bad flag: error line, exit 2; --help: exit 0

@@ -26,8 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from sce_jax.models.autoencoder_kl import (AutoencoderKL, AutoencoderKLConfig,  # noqa: E402
-                                           DiagonalGaussian)
+from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian  # noqa: E402
 from sce_jax.models.autoencoder_tiny import AutoencoderTiny, AutoencoderTinyConfig  # noqa: E402
 
 flags.DEFINE_enum("model", "kl", ["kl", "tiny"], "AutoencoderKL (SD VAE) or AutoencoderTiny (TAESD).")
@@ -111,5 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from sce_jax.command_line import parse_flags
+    from sce_jax.launch.command_line import parse_flags
     app.run(main, flags_parser=parse_flags)  # bad flag: error line, exit 2; --help: exit 0

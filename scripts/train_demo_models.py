@@ -26,11 +26,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from sce_jax import demo_training as T  # noqa: E402
-from sce_jax.datasets import fashion_mnist, squares  # noqa: E402
+from sce_jax.demos import fashion_mnist, squares  # noqa: E402
+from sce_jax.demos import training as T  # noqa: E402
 from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig  # noqa: E402
+from sce_jax.models.checkpoint import save_model  # noqa: E402
 from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig  # noqa: E402
-from sce_jax.weights.checkpoint import save_model  # noqa: E402
 from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers  # noqa: E402
 
 flags.DEFINE_string("out", os.path.join(ROOT, "sce_jax", "assets"), "Asset directory to (re)write.")
@@ -205,10 +205,10 @@ def main(argv):
 
 
 def _load(directory):
-    from sce_jax.weights.checkpoint import load_model
+    from sce_jax.models.checkpoint import load_model
     return load_model(directory)
 
 
 if __name__ == "__main__":
-    from sce_jax.command_line import parse_flags
+    from sce_jax.launch.command_line import parse_flags
     app.run(main, flags_parser=parse_flags)  # bad flag: error line, exit 2; --help: exit 0

@@ -33,7 +33,6 @@ import numpy as np
 
 from tests.run_helpers import EXPLAIN
 
-
 # ----------------------------------------------------------------------------- hooks
 
 
@@ -47,8 +46,9 @@ def install_hooks(hook_dir: str | None, block: str | None, enospc: str | None = 
     """Monkeypatches the run's search, part-file and PNG writes (see the module docstring)."""
     import errno
 
-    from sce_jax import image_io, workdir
+    from sce_jax.data import image_io
     from sce_jax.explainer import Explainer
+    from sce_jax.workdir import layout as workdir
 
     point, _, nth = (block or "").partition(":")
     if point not in ("", "search", "part", "png"):

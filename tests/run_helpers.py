@@ -26,8 +26,8 @@ def save_tiny_models(root: str) -> tuple[str, str]:
     from flax import nnx
 
     from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+    from sce_jax.models.checkpoint import save_model
     from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
-    from sce_jax.weights.checkpoint import save_model
 
     ae = AutoencoderKL(AutoencoderKLConfig(
         in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
@@ -75,7 +75,7 @@ def tiny_run_settings(checkpoints: tuple[str, str], source: str, **overrides: An
 
 def tiny_config(checkpoints: tuple[str, str], source: str, **overrides: Any):
     """The tiny run as a run config (see :func:`tiny_run_settings`)."""
-    from sce_jax.run_config import base_run_config
+    from sce_jax.runs.config import base_run_config
 
     config = base_run_config()
     for key, value in tiny_run_settings(checkpoints, source, **overrides).items():
@@ -90,7 +90,7 @@ def tiny_config(checkpoints: tuple[str, str], source: str, **overrides: Any):
 def write_config_file(path: str, checkpoints: tuple[str, str], source: str, **overrides: Any) -> str:
     """A config file for explain.py: the tiny run (:func:`tiny_run_settings`) + overrides."""
     settings = tiny_run_settings(checkpoints, source, **overrides)
-    lines = ["from sce_jax.run_config import base_run_config", "", "", "def get_config():",
+    lines = ["from sce_jax.runs.config import base_run_config", "", "", "def get_config():",
              "    c = base_run_config()"]
     lines += [f"    c.{k} = {v!r}" for k, v in settings.items()]
     lines += ["    return c", ""]
@@ -190,7 +190,7 @@ def wait_for_file(path: str, proc: subprocess.Popen, timeout: float) -> None:
 
 def read_manifest(workdir: str) -> list[dict[str, Any]]:
     """The records of a run's ``manifest.jsonl``."""
-    from sce_jax import workdir as workdir_files
+    from sce_jax.workdir import layout as workdir_files
 
     return workdir_files.read_manifest(workdir)
 

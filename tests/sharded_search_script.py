@@ -12,7 +12,8 @@ jax.config.update("jax_num_cpu_devices", 4)
 import numpy as np  # noqa: E402
 
 from sce_jax import Explainer, parallel  # noqa: E402
-from tests.search_helpers import batch_inputs, noisy_search_config as search_config  # noqa: E402
+from tests.search_helpers import batch_inputs  # noqa: E402
+from tests.search_helpers import noisy_search_config as search_config
 from tests.toy_models import mean_colour_classifier, toy_generator  # noqa: E402
 
 

@@ -12,7 +12,8 @@ jax.config.update("jax_num_cpu_devices", 2)
 import numpy as np  # noqa: E402
 
 from sce_jax import Explainer, parallel  # noqa: E402
-from tests.search_helpers import slot_config as config, uneven_inputs  # noqa: E402
+from tests.search_helpers import slot_config as config  # noqa: E402
+from tests.search_helpers import uneven_inputs
 from tests.toy_models import mean_colour_classifier, toy_generator  # noqa: E402
 
 

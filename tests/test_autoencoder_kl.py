@@ -18,9 +18,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sce_jax.models.autoencoder_kl import (AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian,
-                                            legacy_key_rename)
-from sce_jax.weights.checkpoint import load_model, save_model
+from sce_jax.models.autoencoder_kl import (
+    AutoencoderKL,
+    AutoencoderKLConfig,
+    DiagonalGaussian,
+    legacy_key_rename,
+)
+from sce_jax.models.checkpoint import load_model, save_model
 from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
 from sce_jax.weights.strict import load_torch_state_dict_into
 from tests.fast_compile import run_jitted

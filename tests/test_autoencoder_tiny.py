@@ -11,9 +11,9 @@ import pytest
 from flax import nnx
 
 from sce_jax.models.autoencoder_tiny import AutoencoderTiny, AutoencoderTinyConfig
-from sce_jax.models.model_config import ConfigError
-from sce_jax.weights.checkpoint import load_model, save_model
+from sce_jax.models.checkpoint import load_model, save_model
 from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
+from sce_jax.weights.model_config import ConfigError
 from sce_jax.weights.strict import load_torch_state_dict_into
 from tests.fast_compile import run_jitted
 

@@ -22,7 +22,8 @@ import sys
 import numpy as np
 import pytest
 
-from sce_jax import image_io, run
+from sce_jax.data import image_io
+from sce_jax.runs import loop as run
 from tests import bad_input_corpus as corpus
 from tests import run_helpers as helpers
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from sce_jax import Explainer, default_search_config
 from sce_jax.assets import asset_path
-from sce_jax.loaders import load_classifier, load_generator
-from sce_jax.run_config import base_run_config
+from sce_jax.runs.config import base_run_config
+from sce_jax.runs.loaders import load_classifier, load_generator
 
 IMAGES = 4
 

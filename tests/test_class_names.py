@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sce_jax import data, run_config
+from sce_jax import data
 from sce_jax.class_names import ClassNameError, class_index, class_indices
-from sce_jax.config_files import load_config_module
+from sce_jax.launch.config_files import load_config_module
+from sce_jax.runs import config as run_config
 
 NAMES = ("T-shirt/top", "Trouser", "Dress", "Ankle boot")
 

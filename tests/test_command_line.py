@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from sce_jax import command_line, config_doc
-from sce_jax.config_files import load_config_module
+from sce_jax.launch import command_line
+from sce_jax.launch.config_files import load_config_module
+from sce_jax.runs import config_doc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPLAIN = os.path.join(ROOT, "scripts", "explain.py")
@@ -134,14 +135,14 @@ def test_installed_layout_is_what_the_entry_points_use():
     command_line.py look for them; in a checkout they find the top-level folders."""
     import tomllib
 
-    from sce_jax import console
+    from sce_jax.launch import console
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)
     assert project["project"]["license"] == "Apache-2.0"
     scripts = project["project"]["scripts"]
-    assert scripts == {"sce-jax-explain": "sce_jax.console:explain",
-                       "sce-jax-evaluate": "sce_jax.console:evaluate"}
+    assert scripts == {"sce-jax-explain": "sce_jax.launch.console:explain",
+                       "sce-jax-evaluate": "sce_jax.launch.console:evaluate"}
     package_dir = project["tool"]["setuptools"]["package-dir"]
     assert package_dir == {"sce_jax._configs": "configs", "sce_jax._scripts": "scripts"}
     assert command_line.CONFIG_DIRS[0].endswith(os.path.join("sce_jax", "_configs"))

@@ -1,4 +1,4 @@
-"""sce_jax.compilation_cache: a second process loads the compiled program from the cache folder.
+"""sce_jax.launch.compilation_cache: a second process loads the compiled program from the cache folder.
 
 Each run is its own Python process (the cache is process-wide JAX state, and reuse across
 processes is the point): the first compiles and writes an entry, the second finds it (JAX's
@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from sce_jax import compilation_cache
+from sce_jax.launch import compilation_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = """
 import sys, jax, jax.numpy as jnp
-from sce_jax import compilation_cache
+from sce_jax.launch import compilation_cache
 hits = []
 jax.monitoring.register_event_listener(
     lambda name, **kw: hits.append(name) if name.endswith("cache_hits") else None)

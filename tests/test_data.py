@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sce_jax import data, image_io
-from sce_jax.data import DataError, SkipRecord
+from sce_jax import data
+from sce_jax.data import DataError, SkipRecord, image_io
 
 
 def _png(path, array):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sce_jax import data
-from sce_jax.datasets import fashion_mnist, squares
+from sce_jax.demos import fashion_mnist, squares
 
 # ----------------------------------------------------------------------------- squares
 

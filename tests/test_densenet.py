@@ -12,13 +12,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sce_jax.models.densenet import (DenseNet, DenseNetConfig, densenet121, densenet_config,
-                                     densenet_legacy_key, torchvision_densenet_name)
-from sce_jax.models.model_config import ConfigError
+from sce_jax.models.densenet import (
+    DenseNet,
+    DenseNetConfig,
+    densenet121,
+    densenet_config,
+    densenet_legacy_key,
+    torchvision_densenet_name,
+)
+from sce_jax.weights.model_config import ConfigError
 from sce_jax.weights.strict import load_torch_state_dict_into
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
-from tests.torch_interop import (assert_close, nchw, nhwc,  # noqa: F401
-                                 numpy_state_dict, randomise_batch_norms)
+from tests.torch_interop import assert_close, nchw, nhwc, numpy_state_dict, randomise_batch_norms  # noqa: F401
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

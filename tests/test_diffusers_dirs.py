@@ -14,10 +14,14 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from sce_jax.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-from sce_jax.models.model_config import ConfigError
 from sce_jax.weights import diffusers_dirs
-from sce_jax.weights.diffusers_dirs import (DiffusersDirError, hf_hub_cache_dir, resolve_model_dir,
-                                            save_pretrained_diffusers)
+from sce_jax.weights.diffusers_dirs import (
+    DiffusersDirError,
+    hf_hub_cache_dir,
+    resolve_model_dir,
+    save_pretrained_diffusers,
+)
+from sce_jax.weights.model_config import ConfigError
 from sce_jax.weights.strict import WeightMismatchError, load_torch_state_dict_into
 from sce_jax.weights.torch_layout import tensor_rules
 

@@ -21,13 +21,14 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from sce_jax import data, evaluation, image_io
+from sce_jax import data, evaluation
 from sce_jax.assets import asset_path
-from sce_jax.config_files import load_config_module
+from sce_jax.data import image_io
+from sce_jax.launch.config_files import load_config_module
+from sce_jax.models.checkpoint import save_model
 from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
-from sce_jax.run_config import base_run_config
+from sce_jax.runs.config import base_run_config
 from sce_jax.search.config import settings_from_config
-from sce_jax.weights.checkpoint import save_model
 from tests.run_helpers import ROOT, read_manifest
 
 SIZE = 32  # the shipped Fashion-MNIST autoencoder's size (it is loaded, never built: fast)
@@ -207,7 +208,7 @@ def test_latent_distances_are_of_the_encoded_written_images(evaluated):
     import jax
 
     from sce_jax.generator import Generator
-    from sce_jax.weights.checkpoint import load_model
+    from sce_jax.models.checkpoint import load_model
 
     workdir = evaluated["workdirs"][0]
     generator = Generator.from_autoencoder(load_model(evaluated["checkpoints"][0]))

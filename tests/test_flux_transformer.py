@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from sce_jax.models.flux_packing import (latent_image_ids, pack_latents, text_ids,
-                                         unpack_latents)
+from sce_jax.models.flux_packing import latent_image_ids, pack_latents, text_ids, unpack_latents
 from sce_jax.models.flux_transformer import FluxTransformer2DModel
-from sce_jax.models.model_config import ConfigError
 from sce_jax.priors.flux import flux_prior
 from sce_jax.weights.diffusers_dirs import DiffusersDirError
+from sce_jax.weights.model_config import ConfigError
 from sce_jax.weights.strict import WeightMismatchError
 from tests.fast_compile import run_jitted
 from tests.torch_interop import assert_close
@@ -42,6 +41,7 @@ def pipeline_functions():
     ``transformers`` (its text encoders), and these static methods use only torch."""
     import ast
     import inspect
+
     import diffusers.pipelines.flux as flux_pipelines
     path = os.path.join(os.path.dirname(inspect.getfile(flux_pipelines)), "pipeline_flux.py")
     with open(path) as f:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sce_jax import image_io
+from sce_jax.data import image_io
 
 
 def _save(path, image, **kwargs):

@@ -12,8 +12,12 @@ import numpy as np
 from sce_jax import Explainer
 from sce_jax.search import masks
 from tests.search_helpers import small_config
-from tests.toy_models import (greenish_images, mean_colour_classifier, toy_generator,
-                              weighted_colour_classifier)
+from tests.toy_models import (
+    greenish_images,
+    mean_colour_classifier,
+    toy_generator,
+    weighted_colour_classifier,
+)
 
 
 def test_fill_holes_fills_enclosed_pixels_only():

@@ -8,7 +8,6 @@ import pytest
 
 from sce_jax import metrics
 
-
 # --- COUT -------------------------------------------------------------------------------------
 
 def target_probability(images):

@@ -7,7 +7,7 @@ with batches of 2 rows: every device computes 2 rows in both, so the images must
 1/255; in practice bit for bit). Numbers in the records may differ in the last float bit
 (the 8-bit re-check classifies a whole local batch at once, whose size differs).
 
-Also: how :mod:`sce_jax.distributed` reads explicit values and cluster environments, and that
+Also: how :mod:`sce_jax.launch.distributed` reads explicit values and cluster environments, and that
 processes which cannot work together (one never started, different configs, a check failing on
 one, one killed mid-run) all end within bounded time with one ``error:`` line each.
 """
@@ -19,8 +19,8 @@ import socket
 import numpy as np
 import pytest
 
-from sce_jax import distributed
-from sce_jax.distributed import DistributedSetup, DistributedSetupError, resolve_setup
+from sce_jax.launch import distributed
+from sce_jax.launch.distributed import DistributedSetup, DistributedSetupError, resolve_setup
 from tests import run_helpers as helpers
 
 TIMEOUT = 300

@@ -19,8 +19,8 @@ from sce_jax import Explainer
 from sce_jax.search import config as search_config
 from sce_jax.search import prior_step
 from tests.search_helpers import small_config
-from tests.toy_models import (gaussian_prior, greenish_images, mean_colour_classifier,
-                              toy_generator)
+from tests.toy_models import gaussian_prior, greenish_images, mean_colour_classifier, toy_generator
+
 
 @pytest.fixture(scope="module")
 def generator():

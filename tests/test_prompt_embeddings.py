@@ -13,8 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from sce_jax.priors.prompt_embeddings import (PromptEmbeddingsError, load_prompt_embeddings,
-                                              save_prompt_embeddings)
+from sce_jax.priors.prompt_embeddings import (
+    PromptEmbeddingsError,
+    load_prompt_embeddings,
+    save_prompt_embeddings,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "encode_prompt.py")

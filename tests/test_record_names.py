@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from sce_jax import record_names, results_table, run_throughput, workdir
+from sce_jax.workdir import layout as workdir
+from sce_jax.workdir import record_names, results_table
+from sce_jax.workdir import throughput as run_throughput
 
 NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress")
 

@@ -5,8 +5,8 @@ import types
 import numpy as np
 import pytest
 
-from sce_jax import records
 from sce_jax.evaluation import desiderata
+from sce_jax.workdir import records
 
 
 @pytest.mark.parametrize("success, near, spot, expected", [

@@ -6,11 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from sce_jax import data, data_sources, model_kinds, registry, run_config, run_targets
+from sce_jax import data, registry
 from sce_jax.classifier import HEADS
-from sce_jax.datasets import squares
+from sce_jax.data import sources as data_sources
+from sce_jax.demos import squares
+from sce_jax.models import registry as model_kinds
 from sce_jax.models.registry import model_classes
+from sce_jax.runs import config as run_config
+from sce_jax.runs import targets as run_targets
 from sce_jax.search import targets
+from sce_jax.workdir import layout as workdir_layout
 
 
 def test_registry_names_the_known_keys_and_imports_on_first_use():
@@ -150,7 +155,7 @@ def test_configs_recorded_before_the_data_sub_configs_resume(tmp_path):
     npz = old["data"].pop("npz")
     old["data"]["npz_images_key"], old["data"]["npz_labels_key"] = npz["images_key"], npz["labels_key"]
     old["targets"].pop("class_name")
-    assert run_config.upgrade_recorded_config(old) == today
+    assert workdir_layout.upgrade_recorded_config(old) == today
     assert "npz_images_key" in old["data"]  # the record read is not changed in place
 
 

@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from sce_jax import image_io, report
-from sce_jax.workdir import WorkdirReadError
+from sce_jax.data import image_io
+from sce_jax.workdir import report
+from sce_jax.workdir.layout import WorkdirReadError
 
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress")
 

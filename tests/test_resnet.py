@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sce_jax.models.model_config import ConfigError, config_from_dict
-from sce_jax.models.resnet import (Bottleneck, ResNet, ResNetConfig, resnet50, resnet_config,
-                                   torchvision_resnet_name)
+from sce_jax.models.resnet import (
+    Bottleneck,
+    ResNet,
+    ResNetConfig,
+    resnet50,
+    resnet_config,
+    torchvision_resnet_name,
+)
+from sce_jax.weights.model_config import ConfigError, config_from_dict
 from sce_jax.weights.strict import load_torch_state_dict_into
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict, tensor_rules
 from tests.fast_compile import compiled, run_jitted  # noqa: F401
-from tests.torch_interop import (assert_close, nchw, nhwc,  # noqa: F401
-                                 numpy_state_dict, randomise_batch_norms)
+from tests.torch_interop import assert_close, nchw, nhwc, numpy_state_dict, randomise_batch_norms  # noqa: F401
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sce_jax import run
-from sce_jax.run_config import RunConfigError
+from sce_jax.runs import loop as run
+from sce_jax.workdir.layout import ResumeConfigError
 from tests import run_helpers as helpers
 
 TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds", "runs")  # differ run to run
@@ -147,7 +147,7 @@ def test_resume_with_another_config_is_refused(checkpoints, image_folder, tmp_pa
     state.stop.set()
     run.explain_dataset(config, workdir, state=state)
     config.search.steps = 5
-    with pytest.raises(RunConfigError, match="differs in: search"):
+    with pytest.raises(ResumeConfigError, match="differs in: search"):
         run.explain_dataset(config, workdir)
 
 
@@ -189,8 +189,8 @@ def test_csv_targets_over_a_padded_batch_with_an_empty_target(checkpoints, image
 def test_resume_with_a_changed_input_set_is_refused(checkpoints, image_folder, tmp_path):
     import shutil
 
-    from sce_jax.run_inputs import InputSetChangedError
-    from sce_jax.workdir import INPUTS as INPUTS_FILE
+    from sce_jax.workdir.inputs import InputSetChangedError
+    from sce_jax.workdir.layout import INPUTS as INPUTS_FILE
 
     folder = tmp_path / "images"
     shutil.copytree(image_folder, folder)
@@ -220,8 +220,8 @@ def test_resume_with_a_changed_input_set_is_refused(checkpoints, image_folder, t
 
 def test_batches_never_exceed_the_data_and_a_search_too_large_is_refused(
         checkpoints, image_folder, tmp_path, monkeypatch):
-    from sce_jax import memory_check
     from sce_jax.explainer import Explainer
+    from sce_jax.runs import memory_check
 
     config = tiny_config(checkpoints, image_folder)
     config.output.report = False

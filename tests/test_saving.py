@@ -5,7 +5,9 @@ import os
 import numpy as np
 
 import sce_jax
-from sce_jax import Explainer, image_io, metrics, workdir
+from sce_jax import Explainer, metrics
+from sce_jax.data import image_io
+from sce_jax.workdir import layout as workdir
 from tests.search_helpers import small_config
 from tests.toy_models import greenish_images, mean_colour_classifier, toy_generator
 

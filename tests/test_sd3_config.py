@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sce_jax import run
-from sce_jax.config_files import load_config_module
+from sce_jax.launch.config_files import load_config_module
+from sce_jax.models.checkpoint import save_model
 from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
 from sce_jax.priors.prompt_embeddings import save_prompt_embeddings
-from sce_jax.run_config import RunConfigError
-from sce_jax.weights.checkpoint import save_model
+from sce_jax.runs import loop as run
+from sce_jax.runs.config import RunConfigError
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

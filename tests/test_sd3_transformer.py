@@ -21,10 +21,13 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from sce_jax.models.model_config import ConfigError
-from sce_jax.models.sd3_transformer import (SD3Transformer2DModel, SD3TransformerConfig,
-                                            sincos_position_embedding)
+from sce_jax.models.sd3_transformer import (
+    SD3Transformer2DModel,
+    SD3TransformerConfig,
+    sincos_position_embedding,
+)
 from sce_jax.priors.sd3 import sd3_prior
+from sce_jax.weights.model_config import ConfigError
 from sce_jax.weights.strict import WeightMismatchError
 from tests.fast_compile import run_jitted
 

@@ -6,13 +6,18 @@ import numpy as np
 import pytest
 
 import sce_jax
-from sce_jax import Explainer, image_io
+from sce_jax import Explainer
+from sce_jax.data import image_io
 from sce_jax.search import config as search_config
 from sce_jax.search import objectives, smoothing
 from sce_jax.search.smoothing import StepInputs
 from tests.search_helpers import plain_objective, small_config
-from tests.toy_models import (greenish_images, mean_colour_classifier, toy_generator,
-                              weighted_colour_classifier)
+from tests.toy_models import (
+    greenish_images,
+    mean_colour_classifier,
+    toy_generator,
+    weighted_colour_classifier,
+)
 
 
 @pytest.fixture(scope="module")

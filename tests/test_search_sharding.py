@@ -4,7 +4,8 @@ import numpy as np
 
 from sce_jax import Explainer
 from tests.run_helpers import script_arrays
-from tests.search_helpers import batch_inputs, noisy_search_config as search_config
+from tests.search_helpers import batch_inputs
+from tests.search_helpers import noisy_search_config as search_config
 from tests.toy_models import mean_colour_classifier, toy_generator
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sce_jax.assets import asset_path
-from sce_jax.weights.checkpoint import load_model
+from sce_jax.models.checkpoint import load_model
 
 DEMOS = ("fashion_mnist", "squares")
 DATA = {"fashion_mnist": "test_subset.npz", "squares": "test_set.npz"}
@@ -78,8 +78,9 @@ def test_shipped_classifiers_match_their_recorded_accuracy(demo):
 
 
 def test_fashion_mnist_demo_config_runs_on_the_shipped_files(tmp_path):
-    from sce_jax import run, workdir
-    from sce_jax.config_files import load_config_module
+    from sce_jax.launch.config_files import load_config_module
+    from sce_jax.runs import loop as run
+    from sce_jax.workdir import layout as workdir
 
     module = load_config_module(os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "fashion_mnist.py"))
@@ -104,7 +105,7 @@ def test_the_shipped_prior_models_its_demo_latents(demo):
     import jax.numpy as jnp
 
     from sce_jax import Generator
-    from sce_jax.demo_training import flow_matching_loss
+    from sce_jax.demos.training import flow_matching_loss
     from sce_jax.models.latent_flow import LatentFlowTransformer
 
     record = _provenance()[demo]["prior"]

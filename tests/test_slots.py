@@ -9,7 +9,8 @@ from sce_jax import Explainer
 from sce_jax.search import slots
 from sce_jax.search.slots import SlotInputs
 from tests.run_helpers import script_arrays
-from tests.search_helpers import slot_config as config, uneven_inputs
+from tests.search_helpers import slot_config as config
+from tests.search_helpers import uneven_inputs
 from tests.toy_models import gaussian_prior, mean_colour_classifier, toy_generator
 
 PER_ATTEMPT = ("image", "latent", "mask", "prob_after", "pixel_l1", "latent_l2")

@@ -7,9 +7,9 @@ import optax
 import pytest
 from flax import nnx
 
-from sce_jax.models.model_config import ConfigError, config_from_dict
+from sce_jax.models.checkpoint import load_model, save_model
 from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
-from sce_jax.weights.checkpoint import load_model, save_model
+from sce_jax.weights.model_config import ConfigError, config_from_dict
 from sce_jax.weights.strict import load_torch_state_dict_into
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict
 from tests.fast_compile import compiled, run_jitted  # noqa: F401

@@ -11,15 +11,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sce_jax.models.checkpoint import load_model, save_model
 from sce_jax.models.densenet import TORCHVISION_DENSENETS, DenseNet, DenseNetConfig, densenet_config
 from sce_jax.models.resnet import TORCHVISION_RESNETS, ResNet, ResNetConfig, resnet18, resnet_config
-from sce_jax.weights.checkpoint import load_model, save_model
+from sce_jax.models.torchvision_import import (
+    ArchitectureMismatchError,
+    describe_architecture,
+    infer_num_classes,
+    infer_torchvision_config,
+    load_torchvision_classifier,
+)
 from sce_jax.weights.strict import WeightMismatchError
 from sce_jax.weights.torch_files import WeightFileError
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict, tensor_rules
-from sce_jax.weights.torchvision_import import (ArchitectureMismatchError, describe_architecture,
-                                                infer_num_classes, infer_torchvision_config,
-                                                load_torchvision_classifier)
+
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.torch

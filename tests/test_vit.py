@@ -8,14 +8,22 @@ import numpy as np
 import pytest
 
 from sce_jax.classifier import Classifier, Preprocessing
-from sce_jax.loaders import load_classifier
-from sce_jax.models.vit import (TORCHVISION_VITS, VisionTransformer, VisionTransformerConfig,
-                                interpolate_position_embedding, vit_config)
-from sce_jax.weights.checkpoint import load_model, save_model
+from sce_jax.models.checkpoint import load_model, save_model
+from sce_jax.models.torchvision_import import (
+    ArchitectureMismatchError,
+    describe_architecture,
+    infer_torchvision_config,
+    load_torchvision_classifier,
+)
+from sce_jax.models.vit import (
+    TORCHVISION_VITS,
+    VisionTransformer,
+    VisionTransformerConfig,
+    interpolate_position_embedding,
+    vit_config,
+)
+from sce_jax.runs.loaders import load_classifier
 from sce_jax.weights.strict import WeightMismatchError
-from sce_jax.weights.torchvision_import import (ArchitectureMismatchError, describe_architecture,
-                                                infer_torchvision_config,
-                                                load_torchvision_classifier)
 from tests.fast_compile import run_jitted
 from tests.torch_interop import assert_close, nchw
 

@@ -1,13 +1,12 @@
-"""The workdir format (sce_jax/workdir.py): names, parts -> manifest, reading, the resume check."""
+"""The workdir format (sce_jax/workdir/layout.py): names, parts -> manifest, reading, the resume check."""
 
 import json
 import os
 
 import pytest
 
-from sce_jax import workdir
-from sce_jax.run_config import RunConfigError
-from sce_jax.run_inputs import InputSetChangedError, input_record
+from sce_jax.workdir import layout as workdir
+from sce_jax.workdir.inputs import InputSetChangedError, input_record
 
 
 def _record(example_id, target=1, attempt=0, **fields):
@@ -66,7 +65,7 @@ def test_resume_check_refuses_another_config_or_input_set(tmp_path):
     workdir.write_run_record(root, config, "d", sources, resumed=False)
     records = [dict(_record(0), source="a.png")]
     workdir.check_resume(root, dict(config, batch_size=4), "d", sources, records)  # not result-defining
-    with pytest.raises(RunConfigError, match=r"another config \(differs in: search\)"):
+    with pytest.raises(workdir.ResumeConfigError, match=r"another config \(differs in: search\)"):
         workdir.check_resume(root, dict(config, search={"steps": 4}), "d", sources, records)
     with pytest.raises(InputSetChangedError, match="added: c.png"):
         workdir.check_resume(root, config, "d", sources + ["c.png"], records)
@@ -83,7 +82,7 @@ def test_resume_check_refuses_another_config_or_input_set(tmp_path):
 
 
 def test_a_broken_run_config_stops_a_resume_with_one_message(tmp_path):
-    from sce_jax import run
+    from sce_jax.runs import loop as run
 
     (tmp_path / "run_config.json").write_text("{half")
     with pytest.raises(run.USER_ERRORS, match=r"run_config.json: cannot be read as JSON"):

@@ -11,8 +11,12 @@
 The metric formulas live in :mod:`sce_jax.metrics`; this package chooses which rows they see.
 """
 
-from sce_jax.evaluation.protocol import (EvaluationOptions, evaluate_run, evaluate_workdir,
-                                         evaluate_workdirs)
+from sce_jax.evaluation.protocol import (
+                                         EvaluationOptions,
+                                         evaluate_run,
+                                         evaluate_workdir,
+                                         evaluate_workdirs,
+)
 from sce_jax.evaluation.run_outputs import EvaluationError, RunOutputs, read_run
 
 __all__ = ["EvaluationError", "EvaluationOptions", "RunOutputs", "evaluate_run",

@@ -22,6 +22,7 @@ import numpy as np
 
 from sce_jax import metrics
 from sce_jax.registry import Registry
+from sce_jax.search import background_spots, masks
 from sce_jax.search import targets as target_lib
 
 KINDS = target_lib.KINDS.names()
@@ -148,7 +149,6 @@ def background_measures(originals: np.ndarray, counterfactuals: np.ndarray,
     :mod:`sce_jax.search.background_spots` defines them, on the written images."""
     import jax.numpy as jnp
 
-    from sce_jax.search import background_spots, masks
 
     shares, spots = [], []
     for i in range(0, len(originals), batch_size):

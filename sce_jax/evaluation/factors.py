@@ -2,8 +2,8 @@
 
 A run qualifies when its data source knows its examples' factor regions
 (:meth:`sce_jax.data.Dataset.factor_masks`; the squares test sets of
-:func:`sce_jax.datasets.squares.write_test_set` do, at their stored size). The factor
-regions are :func:`sce_jax.datasets.squares.factor_masks` (0 = square, 1 = background), and
+:func:`sce_jax.demos.squares.write_test_set` do, at their stored size). The factor
+regions are :func:`sce_jax.demos.squares.factor_masks` (0 = square, 1 = background), and
 :func:`sce_jax.metrics.factor_changes` / :func:`sce_jax.metrics.factors_found` measure each
 counterfactual. Summaries:
 
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from sce_jax import data, metrics
-from sce_jax.datasets import squares
+from sce_jax.demos import squares
 
 
 def factor_regions(config: ml_collections.ConfigDict, example_ids: Sequence[int],

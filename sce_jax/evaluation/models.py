@@ -28,8 +28,8 @@ from sce_jax.assets import ASSET_DIR
 from sce_jax.classifier import Classifier
 from sce_jax.evaluation.run_outputs import EvaluationError
 from sce_jax.generator import Generator
-from sce_jax.loaders import load_classifier, load_generator
 from sce_jax.metrics import map_in_batches
+from sce_jax.runs.loaders import load_classifier, load_generator
 
 AUTO = "auto"
 HostFn = Callable[[Any], np.ndarray]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from sce_jax import image_io
+from sce_jax.data import image_io
 
 ROW_INCHES = 1.45  # height of one row of best_worst.png: a 1-inch image and its caption
 HISTOGRAMS = (("pixel_l1", "pixel L1 (mean |x' - x|)"), ("pixel_l2", "pixel L2 (||x' - x||)"),

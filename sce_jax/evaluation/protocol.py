@@ -41,11 +41,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from sce_jax import metrics, record_names, report
-from sce_jax import workdir as workdir_files
+from sce_jax import metrics
 from sce_jax.evaluation import desiderata, factors, models, plots, tables
-from sce_jax.evaluation.run_outputs import (EvaluationError, RunOutputs, attempt_groups,
-                                            check_workdir, read_run)
+from sce_jax.evaluation.run_outputs import (
+    EvaluationError,
+    RunOutputs,
+    attempt_groups,
+    check_workdir,
+    read_run,
+)
+from sce_jax.workdir import layout as workdir_files
+from sce_jax.workdir import record_names, report
 
 FOLDER = workdir_files.EVALUATION
 METRICS = workdir_files.EVALUATION_METRICS

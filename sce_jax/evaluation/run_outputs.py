@@ -1,6 +1,6 @@
 """A finished run's outputs, read back for evaluation: records, config and the 8-bit images.
 
-A run workdir (``scripts/explain.py``, :mod:`sce_jax.run`; the format: :mod:`sce_jax.workdir`)
+A run workdir (``scripts/explain.py``, :mod:`sce_jax.runs.loop`; the format: :mod:`sce_jax.workdir.layout`)
 holds ``manifest.jsonl``, ``run_config.json`` and ``images/<id>/`` with ``original.png`` and
 one ``cf_t<t>_a<a>.png`` per counterfactual. :func:`read_run` returns them as arrays in
 [0, 1], one row per produced counterfactual (manifest status ``"ok"``), in manifest order
@@ -17,9 +17,9 @@ import os
 import ml_collections
 import numpy as np
 
-from sce_jax import image_io
-from sce_jax import workdir as workdir_files
-from sce_jax.workdir import MANIFEST, RUN_CONFIG, Record
+from sce_jax.data import image_io
+from sce_jax.workdir import layout as workdir_files
+from sce_jax.workdir.layout import MANIFEST, RUN_CONFIG, Record
 
 
 class EvaluationError(ValueError):

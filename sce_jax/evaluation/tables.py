@@ -14,7 +14,7 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from sce_jax import image_io
+from sce_jax.data import image_io
 
 # (key, Markdown header, format): the desiderata in their usual order.
 COLUMNS = (

@@ -20,9 +20,18 @@ from sce_jax.metrics.ground_truth import factor_changes, factors_found
 from sce_jax.metrics.mnac import attributes_changed, mnac
 from sce_jax.metrics.non_adversarial import non_adversarial_rate, surrogate_flips
 from sce_jax.metrics.proximity import l1_distance, l2_distance, proximity
-from sce_jax.metrics.realism import (KID, GaussianStatistics, compute_features, fid,
-                                     frechet_distance, gaussian_statistics, kid, mmd2_unbiased,
-                                     polynomial_kernel, trace_sqrt_product)
+from sce_jax.metrics.realism import (
+                                     KID,
+                                     GaussianStatistics,
+                                     compute_features,
+                                     fid,
+                                     frechet_distance,
+                                     gaussian_statistics,
+                                     kid,
+                                     mmd2_unbiased,
+                                     polynomial_kernel,
+                                     trace_sqrt_product,
+)
 from sce_jax.metrics.sparsity import changed_fraction, hoyer_sparsity, sparsity
 from sce_jax.metrics.summary import run_summary, summarise_records, summarise_values
 from sce_jax.metrics.validity import flip_rate, quantise_8bit, reaches_target, validity

@@ -43,9 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sce_jax.classifier import HEADS
 from sce_jax.metrics import _arrays
 from sce_jax.metrics.batching import map_in_batches
+from sce_jax.search.targets import HEADS
 
 
 @jax.jit

@@ -4,7 +4,7 @@ One function per figure, one name per figure, for the run's ``summary.json``
 (:func:`run_summary`), :func:`sce_jax.save_explanation` and the evaluation's ``metrics.json``
 (:func:`summarise_records`).
 
-A record is a dict as in ``manifest.jsonl`` (:class:`sce_jax.workdir.Record`): ``example_id``,
+A record is a dict as in ``manifest.jsonl`` (:class:`sce_jax.workdir.layout.Record`): ``example_id``,
 ``status`` (``"ok"`` or a skip), ``attempt``, ``success`` (the target decision on the 8-bit
 image), ``near_boundary``, ``no_second_reason`` and any numeric metric fields (``pixel_l1``,
 ``latent_l2``, ``changed_fraction``, ``hoyer``, ``cout``, ...). Records whose status is not
@@ -167,7 +167,7 @@ def summarise_records(records: Iterable[Mapping[str, Any]], *, over: str = "succ
 
 
 def run_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The figures of a run's ``summary.json`` (throughput aside: :mod:`sce_jax.run_throughput`).
+    """The figures of a run's ``summary.json`` (throughput aside: :mod:`sce_jax.workdir.throughput`).
 
     :data:`RUN_FIGURES` of :func:`summarise_records`, and the means :data:`RUN_MEANS`
     (distances over the successful counterfactuals, steps over all; None when there are none).

@@ -15,7 +15,7 @@ and, with ``goal_probability > 0``, the target probability must also reach it.
 
 The flip rate of a run is the mean of the per-counterfactual validity (:func:`flip_rate`; the
 run's records judge their ``success`` with :func:`reaches_target` too, in
-:func:`sce_jax.records.judge_written`).
+:func:`sce_jax.workdir.records.judge_written`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 
-from sce_jax import image_io
+from sce_jax.data import image_io
 from sce_jax.metrics import _arrays
 from sce_jax.metrics.batching import map_in_batches
 from sce_jax.search import targets as target_lib
@@ -35,7 +35,7 @@ KINDS = target_lib.KINDS
 
 def quantise_8bit(images: Any) -> jnp.ndarray:
     """``round(255 * clip(x, 0, 1)) / 255``: the image a PNG file stores, back in [0, 1]
-    (:func:`sce_jax.image_io.to_uint8`, the quantisation every written PNG goes through)."""
+    (:func:`sce_jax.data.image_io.to_uint8`, the quantisation every written PNG goes through)."""
     return jnp.asarray(image_io.to_uint8(np.asarray(images, np.float32)), jnp.float32) / 255.0
 
 

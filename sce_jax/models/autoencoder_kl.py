@@ -31,9 +31,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sce_jax.models.diffusers_component import DiffusersComponent
-from sce_jax.models.model_config import ConfigError
-from sce_jax.models.vae_blocks import (ACTIVATIONS, DownEncoderBlock2D, LayerFactory,
-                                       UNetMidBlock2D, UpDecoderBlock2D)
+from sce_jax.models.vae_blocks import (
+    ACTIVATIONS,
+    DownEncoderBlock2D,
+    LayerFactory,
+    UNetMidBlock2D,
+    UpDecoderBlock2D,
+)
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 

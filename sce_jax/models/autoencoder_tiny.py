@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sce_jax.models.model_config import ConfigError
-from sce_jax.models.vae_blocks import ACTIVATIONS, Activation, LayerFactory, upsample_nearest
 from sce_jax.models.diffusers_component import DiffusersComponent
+from sce_jax.models.vae_blocks import ACTIVATIONS, Activation, LayerFactory, upsample_nearest
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 

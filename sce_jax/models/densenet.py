@@ -38,8 +38,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sce_jax.models.conv import conv_general_dilated
-from sce_jax.models.model_config import ConfigError
 from sce_jax.models.resnet import InferenceBatchNorm, global_average_pool, max_pool_padded
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 
@@ -258,7 +258,7 @@ def densenet121(num_classes: int = 1000, *, in_channels: int = 3, rngs: nnx.Rngs
                 dtype=jnp.float32, param_dtype=jnp.float32) -> DenseNet:
     """torchvision's ``densenet121`` layout (growth 32, blocks (6, 12, 24, 16), 64 stem
     channels), randomly initialised; fill it with
-    sce_jax.weights.torchvision_import.load_torchvision_classifier."""
+    sce_jax.models.torchvision_import.load_torchvision_classifier."""
     config = densenet_config("densenet121", num_classes=num_classes, in_channels=in_channels)
     return DenseNet(config, rngs=rngs if rngs is not None else nnx.Rngs(0), dtype=dtype,
                     param_dtype=param_dtype)

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar
 
 import jax.numpy as jnp
 
+from sce_jax.weights.diffusers_dirs import load_diffusers_model, save_pretrained_diffusers
+
 
 class DiffusersComponent:
     """Mixin: load from / write to diffusers model folders (see the module docstring)."""
@@ -43,7 +45,6 @@ class DiffusersComponent:
         Raises:
           DiffusersDirError, ConfigError, WeightMismatchError, WeightFileError.
         """
-        from sce_jax.weights.diffusers_dirs import load_diffusers_model
         return load_diffusers_model(cls, path_or_repo_id, class_name=cls.diffusers_class_name,
                                     dtype=dtype, param_dtype=param_dtype, subfolder=subfolder,
                                     default_subfolder=cls.pipeline_subfolder, revision=revision,
@@ -51,5 +52,4 @@ class DiffusersComponent:
 
     def save_pretrained(self, directory: str | os.PathLike) -> str:
         """Writes a diffusers model folder that diffusers' own class of this name loads."""
-        from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers
         return save_pretrained_diffusers(self, directory)

@@ -34,13 +34,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sce_jax.models.flux_layers import (AdaLayerNormContinuous, AdaLayerNormZero,
-                                        CombinedTimestepTextProjEmbeddings, FeedForward,
-                                        FluxAttention, FluxLayerFactory, gelu_tanh, layer_norm,
-                                        rope_tables)
-from sce_jax.models.model_config import ConfigError
-from sce_jax.models.vae_blocks import LayerFactory
 from sce_jax.models.diffusers_component import DiffusersComponent
+from sce_jax.models.flux_layers import (
+    AdaLayerNormContinuous,
+    AdaLayerNormZero,
+    CombinedTimestepTextProjEmbeddings,
+    FeedForward,
+    FluxAttention,
+    FluxLayerFactory,
+    gelu_tanh,
+    layer_norm,
+    rope_tables,
+)
+from sce_jax.models.vae_blocks import LayerFactory
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 TIME_SCALE = 1000.0   # diffusers multiplies timestep and guidance by 1000 inside forward()

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sce_jax.models.model_config import ConfigError
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 

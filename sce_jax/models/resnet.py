@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sce_jax.models.conv import conv_general_dilated
-from sce_jax.models.model_config import ConfigError
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 BlockType = Literal["basic", "bottleneck"]
@@ -297,7 +297,7 @@ def _build(arch: str, num_classes: int, in_channels: int, rngs: nnx.Rngs | None,
 def resnet18(num_classes: int = 1000, *, in_channels: int = 3, rngs: nnx.Rngs | None = None,
              dtype=jnp.float32, param_dtype=jnp.float32) -> ResNet:
     """torchvision's ``resnet18`` layout (basic blocks (2, 2, 2, 2)), randomly initialised; fill it
-    with :func:`sce_jax.weights.torchvision_import.load_torchvision_classifier`."""
+    with :func:`sce_jax.models.torchvision_import.load_torchvision_classifier`."""
     return _build("resnet18", num_classes, in_channels, rngs, dtype, param_dtype)
 
 

@@ -49,12 +49,19 @@ import numpy as np
 from flax import nnx
 
 from sce_jax.models.attention import attention
-from sce_jax.models.flux_layers import (NORM_EPS, AdaLayerNormContinuous, AdaLayerNormZero,
-                                        CombinedTimestepTextProjEmbeddings, FeedForward,
-                                        FluxLayerFactory, RMSNorm, layer_norm)
-from sce_jax.models.model_config import ConfigError
-from sce_jax.models.vae_blocks import LayerFactory
 from sce_jax.models.diffusers_component import DiffusersComponent
+from sce_jax.models.flux_layers import (
+    NORM_EPS,
+    AdaLayerNormContinuous,
+    AdaLayerNormZero,
+    CombinedTimestepTextProjEmbeddings,
+    FeedForward,
+    FluxLayerFactory,
+    RMSNorm,
+    layer_norm,
+)
+from sce_jax.models.vae_blocks import LayerFactory
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 

@@ -35,8 +35,8 @@ from flax import nnx
 
 from sce_jax.models.conv import conv_general_dilated
 from sce_jax.models.densenet import avg_pool_2x2
-from sce_jax.models.model_config import ConfigError
 from sce_jax.models.resnet import global_average_pool
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 Activation = Literal["silu", "relu"]

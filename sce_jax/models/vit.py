@@ -35,8 +35,8 @@ from flax import nnx
 
 from sce_jax.models.attention import attention
 from sce_jax.models.conv import conv_general_dilated
-from sce_jax.models.model_config import ConfigError
 from sce_jax.models.vae_blocks import Activation, Dropout
+from sce_jax.weights.model_config import ConfigError
 
 Array = jax.Array
 LAYER_NORM_EPS = 1e-6
@@ -324,7 +324,7 @@ def vit_b_16(num_classes: int = 1000, *, image_size: int = 224, in_channels: int
              rngs: nnx.Rngs | None = None, dtype=jnp.float32, param_dtype=jnp.float32) -> VisionTransformer:
     """torchvision's ``vit_b_16`` layout (16 px patches, 12 layers, 12 heads, width 768),
     randomly initialised; fill it with
-    :func:`sce_jax.weights.torchvision_import.load_torchvision_classifier`."""
+    :func:`sce_jax.models.torchvision_import.load_torchvision_classifier`."""
     config = vit_config("vit_b_16", num_classes=num_classes, in_channels=in_channels,
                         image_size=image_size)
     return VisionTransformer(config, rngs=rngs if rngs is not None else nnx.Rngs(0), dtype=dtype,

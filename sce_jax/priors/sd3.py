@@ -69,5 +69,5 @@ def sd3_prior(model: SD3Transformer2DModel, *, name: str | None = None) -> Prior
 def from_diffusers(path: str, dtype: Any) -> Prior:
     """The prior of an SD3 transformer read from a diffusers folder, pipeline folder (its
     ``transformer/``) or cached repo id, computing and storing its weights in ``dtype``
-    (the ``prior.kind = "sd3"`` entry of :data:`sce_jax.model_kinds.DIFFUSERS_PRIORS`)."""
+    (the ``prior.kind = "sd3"`` entry of :data:`sce_jax.models.registry.DIFFUSERS_PRIORS`)."""
     return sd3_prior(SD3Transformer2DModel.from_pretrained(path, dtype=dtype, param_dtype=dtype))

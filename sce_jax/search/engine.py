@@ -44,9 +44,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sce_jax.generator import GeneratorSpec
 from sce_jax.search import background_spots, masks, objectives, prior_step, targets
 from sce_jax.search.config import SearchSettings
+from sce_jax.search.generator_spec import GeneratorSpec
 from sce_jax.search.loop import AttemptResult, run_attempt
 from sce_jax.search.smoothing import StepInputs
 

@@ -3,7 +3,7 @@
 A batch's ``lax.while_loop`` (:func:`sce_jax.search.loop.run_attempt`) runs until its slowest
 example is done; the examples that finished early are frozen but still computed. Here each of
 ``S`` slots holds one attempt of one search, at its own step counter, and the host refills a
-slot as soon as its attempt is over (:mod:`sce_jax.slot_scheduler`):
+slot as soon as its attempt is over (:mod:`sce_jax.search.slot_scheduler`):
 
     begin(params, state, fill, new)  -> state    slots in ``fill`` start ``new`` attempts
                                                   (their reference P(z0) computed when the

@@ -12,6 +12,8 @@ for attribute flips, the desired decision ``value`` (B,) in {0, 1}. ``kind`` is 
 ``"flip"`` (sigmoid head, set attribute t to ``value``)
     loss ``BCE(l_t / T, value)``; probability ``sigmoid(l_t)`` if ``value = 1`` else
     ``1 - sigmoid(l_t)``; reached when ``p > 1/2`` and ``p >= goal``.
+
+:data:`HEADS` says, per classifier head type, which of these kinds a search uses.
 """
 
 from __future__ import annotations
@@ -100,3 +102,30 @@ def target_reached(logits, target, value, *, kind: str, goal_probability: float 
     p = target_probability(logits, target, value, kind=kind)
     return KINDS[kind].decided(logits, target, value, p) & (p >= goal_probability)
 
+
+# ----------------------------------------------------------------------------- heads
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """What a head type means for targets and labels.
+
+    Attributes:
+      output: what one output is, in messages (``"class"`` or ``"attribute"``).
+      default_kind: the search's target kind when none is asked for
+        (:data:`KINDS`; the API's ``explain(images)``).
+      kind_with_targets: ... and when targets are given.
+      labels_index_outputs: a dataset's labels are indices of the outputs (checked against
+        their number).
+    """
+
+    output: str
+    default_kind: str
+    kind_with_targets: str
+    labels_index_outputs: bool
+
+
+HEADS: Registry[Head] = Registry("classifier.head", {
+    "multiclass": Head("class", "other", "class", labels_index_outputs=True),  # softmax
+    "multilabel": Head("attribute", "flip", "flip", labels_index_outputs=False),  # sigmoids
+})

@@ -19,7 +19,6 @@ import optax
 
 from sce_jax.search.config import SearchSettings
 
-
 NORM_FLOOR = 1e-12  # the clipped norm's floor: a zero gradient stays zero, never 0 / 0
 
 

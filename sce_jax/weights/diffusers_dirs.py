@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sce_jax.models.model_config import ConfigError, config_from_dict, config_to_dict
+from sce_jax.weights.model_config import ConfigError, config_from_dict, config_to_dict
 from sce_jax.weights.strict import load_torch_state_dict_into
 from sce_jax.weights.torch_files import read_state_dict
 from sce_jax.weights.torch_layout import nnx_to_torch_state_dict

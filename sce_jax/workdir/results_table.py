@@ -2,7 +2,7 @@
 
 Written with every run beside ``manifest.jsonl`` (one row per record: image x target x
 attempt, skipped inputs included with their reason). Columns: :data:`COLUMNS`; the class
-names and the goal in words come from :mod:`sce_jax.record_names`.
+names and the goal in words come from :mod:`sce_jax.workdir.record_names`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import io
 import os
 from typing import Any, Mapping, Sequence
 
-from sce_jax import workdir as workdir_files
+from sce_jax.workdir import layout as workdir_files
+
 COLUMNS = ("example_id", "source", "status", "reason", "label", "label_name", "prediction",
            "prediction_name", "prob_prediction", "goal", "target", "target_kind", "target_name",
            "attempt", "success", "prob_target_before", "prob_target_after", "prediction_after",

@@ -1,10 +1,10 @@
 """A dataset-wide explanation run: batches -> search -> 8-bit images + manifest -> report.
 
 ``explain_dataset(config, workdir)`` is what ``scripts/explain.py`` calls. The workdir's files,
-how each is written and read, and the resume check are :mod:`sce_jax.workdir`'s; this module
+how each is written and read, and the resume check are :mod:`sce_jax.workdir.layout`'s; this module
 orchestrates: check the inputs, record the run, explain batch by batch (each batch's images,
 then its part file), then assemble the manifest, ``results.csv``, ``summary.json``
-(:func:`sce_jax.metrics.summary.run_summary`, :mod:`sce_jax.run_throughput`) and the report.
+(:func:`sce_jax.metrics.summary.run_summary`, :mod:`sce_jax.workdir.throughput`) and the report.
 
 Resume: an example is done when a part file holds its records; a rerun skips those and
 finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
@@ -25,12 +25,12 @@ that cannot be written, a resume with another config or input set) raises one of
 :data:`USER_ERRORS` before any work. A write that fails during the run (a full disk) raises :class:`WorkdirWriteError`;
 batches committed before it are kept and a rerun resumes after them.
 
-Several processes (``sce_jax.distributed``): process ``p`` of ``P`` explains the examples with
+Several processes (``sce_jax.launch.distributed``): process ``p`` of ``P`` explains the examples with
 ``id % P == p``; all run the same number of batches (padding with empty ones), each writes its
 own examples' images and part files into the shared workdir, and process 0 assembles the
 manifest after all have finished. The processes agree on the config and the input set and
 run their checks together before any work; every wait for another process ends after
-``peer_timeout`` seconds with :class:`~sce_jax.collectives.PeerLostError` naming it.
+``peer_timeout`` seconds with :class:`~sce_jax.runs.collectives.PeerLostError` naming it.
 """
 
 from __future__ import annotations
@@ -51,25 +51,35 @@ import numpy as np
 from absl import logging
 
 from sce_jax import data as data_lib
-from sce_jax import image_io, memory_check, parallel, results_table, run_inputs, run_slots, run_throughput
-from sce_jax import records as records_lib
-from sce_jax import workdir as workdir_files
+from sce_jax import parallel
 from sce_jax.classifier import HEADS
-from sce_jax.collectives import Collectives, PeerFailedError, differing_keys
-from sce_jax.distributed import DistributedSetupError
-from sce_jax.example_files import write_example_files
-from sce_jax.metrics.summary import run_summary
+from sce_jax.data import image_io
 from sce_jax.explainer import Explainer
-from sce_jax.loaders import (check_prior_inputs, load_classifier, load_generator, load_prior,
-                             load_prior_context)
-from sce_jax.progress import Progress, announce
-from sce_jax.record_names import named_fields
-from sce_jax.run_config import RunConfigError, resolve_target_class, validate_run_config
-from sce_jax.run_targets import RUN_TARGET_KINDS, TargetChoice
+from sce_jax.metrics.summary import run_summary
+from sce_jax.runs import engines as run_slots
+from sce_jax.runs import memory_check
+from sce_jax.runs.collectives import Collectives, PeerFailedError, differing_keys
+from sce_jax.runs.config import RunConfigError, resolve_target_class, validate_run_config
+from sce_jax.runs.loaders import (
+    check_prior_inputs,
+    load_classifier,
+    load_generator,
+    load_prior,
+    load_prior_context,
+)
+from sce_jax.runs.progress import Progress, announce
+from sce_jax.runs.targets import RUN_TARGET_KINDS, TargetChoice
 from sce_jax.search.config import SearchConfigError, settings_from_config
 from sce_jax.search.engine import Batch as SearchBatch
-from sce_jax.slot_scheduler import SlotScheduler
-from sce_jax.workdir import WorkdirReadError, WorkdirWriteError
+from sce_jax.search.slot_scheduler import SlotScheduler
+from sce_jax.workdir import inputs as run_inputs
+from sce_jax.workdir import layout as workdir_files
+from sce_jax.workdir import records as records_lib
+from sce_jax.workdir import report, results_table
+from sce_jax.workdir import throughput as run_throughput
+from sce_jax.workdir.example_files import write_example_files
+from sce_jax.workdir.layout import ResumeConfigError, WorkdirReadError, WorkdirWriteError
+from sce_jax.workdir.record_names import named_fields
 
 
 class RunInputError(ValueError):
@@ -79,7 +89,7 @@ class RunInputError(ValueError):
 # The errors a user fixes by changing the command, the inputs or the disk: scripts/explain.py
 # reports them as one line (``error: ...``) without a traceback.
 USER_ERRORS = (RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError,
-               WorkdirReadError, DistributedSetupError, run_inputs.InputSetChangedError,
+               WorkdirReadError, ResumeConfigError, run_inputs.InputSetChangedError,
                PeerFailedError, memory_check.MemoryLimitError)
 # Seconds a process waits for the others at any point of a multi-process run.
 DEFAULT_PEER_TIMEOUT_S = 600.0
@@ -214,7 +224,7 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
     The summary's ``complete`` is False when the run stopped on request (SIGTERM, SIGINT)
     before every example had a record; rerunning with the same config and workdir finishes it.
     With several processes, every wait for the others ends after ``peer_timeout`` seconds
-    (:mod:`sce_jax.collectives`).
+    (:mod:`sce_jax.runs.collectives`).
 
     Raises:
       RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError, ...: see
@@ -324,7 +334,7 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         batches = data_lib.iterate_batches(
             dataset, batch_size, skip_ids=done, process_index=process_index,
             process_count=process_count, pad_to_num_batches=num_batches)
-        if scheduler is not None:  # commits as examples finish (sce_jax/run_slots.py)
+        if scheduler is not None:  # commits as examples finish (sce_jax/runs/engines.py)
             commits = run_slots.slot_commits(
                 batches, scheduler,
                 searches_of=lambda b: _batch_searches(b, config, explainer, classifier, logits_jit,
@@ -378,7 +388,6 @@ def _explain_dataset(config, current: dict[str, Any], workdir: str, state: RunSt
         workdir_files.write_summary(workdir, summary)
         results_table.write_results_csv(workdir, records)
         if config.output.report:
-            from sce_jax import report
             report.write_report(workdir, class_names=tuple(config.classifier.class_names) or None,
                                 max_examples=int(config.output.report_max_examples))
     except OSError as e:
@@ -404,7 +413,6 @@ def _is_collective_failure(error: Exception) -> bool:
 
 class _BatchSearches(NamedTuple):
     """The searches of one data batch: search row ``j`` explains image ``rows[j]``."""
-
     arrays: SearchBatch       # prepared (padded, placed) for the search
     size: int                 # searches (rows of ``arrays`` before padding)
     rows: np.ndarray          # (size,) the batch row of each search

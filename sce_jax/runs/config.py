@@ -12,12 +12,13 @@ import math
 
 import ml_collections
 
+from sce_jax.assets import asset_path
 from sce_jax.class_names import ClassNameError, class_index
 from sce_jax.classifier import HEADS
-from sce_jax.data_sources import DATA_SOURCES
-from sce_jax.model_kinds import DIFFUSERS_PRIORS, DTYPE_NAMES, GENERATOR_KINDS
-from sce_jax.run_targets import RUN_TARGET_KINDS
-from sce_jax.run_slots import ENGINE_NAMES
+from sce_jax.data.sources import DATA_SOURCES
+from sce_jax.models.registry import DIFFUSERS_PRIORS, DTYPE_NAMES, GENERATOR_KINDS
+from sce_jax.runs.engines import ENGINE_NAMES
+from sce_jax.runs.targets import RUN_TARGET_KINDS
 from sce_jax.search.config import default_search_config
 
 
@@ -26,7 +27,7 @@ def base_run_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = ""            # image folder, .npz (images/labels) or .csv (path,target[,region])
-    c.data.format = ""            # one of sce_jax.data_sources.DATA_SOURCES; '' picks by the source
+    c.data.format = ""            # one of sce_jax.data.sources.DATA_SOURCES; '' picks by the source
                                   # (folder, squares .npz, .npz, .csv)
     c.data.image_size = (32, 32)  # (height, width) the generator works at
     c.data.channels = 1           # 1 (grey) or 3 (RGB)
@@ -39,7 +40,7 @@ def base_run_config() -> ml_collections.ConfigDict:
     c.generator = ml_collections.ConfigDict()
     c.generator.checkpoint = ""   # orbax checkpoint directory (scripts/convert_weights.py)
     c.generator.diffusers = ""    # or: a diffusers folder / pipeline folder / cached repo id
-    c.generator.kind = "kl"       # with diffusers: one of sce_jax.model_kinds.GENERATOR_KINDS,
+    c.generator.kind = "kl"       # with diffusers: one of sce_jax.models.registry.GENERATOR_KINDS,
                                   # "kl" (AutoencoderKL) or "tiny" (AutoencoderTiny)
     c.generator.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
 
@@ -58,13 +59,13 @@ def base_run_config() -> ml_collections.ConfigDict:
                                   # priors); used when search.prior.enabled
     c.prior.diffusers = ""        # or: a diffusers transformer folder / pipeline folder (its
                                   # transformer/) / cached repo id, of architecture prior.kind
-    c.prior.kind = "sd3"          # with diffusers: one of sce_jax.model_kinds.DIFFUSERS_PRIORS
+    c.prior.kind = "sd3"          # with diffusers: one of sce_jax.models.registry.DIFFUSERS_PRIORS
     c.prior.dtype = "float32"     # with diffusers: compute and weight dtype, float32 or bfloat16
     c.prior.context = ""          # .npz of precomputed conditioning (prompt embeddings), if needed
                                   # (SD3: scripts/encode_prompt.py)
 
     c.targets = ml_collections.ConfigDict()
-    c.targets.kind = "other"      # sce_jax.run_targets.RUN_TARGET_KINDS: "other": leave the
+    c.targets.kind = "other"      # sce_jax.runs.targets.RUN_TARGET_KINDS: "other": leave the
                                   # predicted class; "class": reach class_index; "all_others":
                                   # reach every other class; "flip": flip an attribute
                                   # (multilabel); "csv": the CSV's target column
@@ -75,7 +76,7 @@ def base_run_config() -> ml_collections.ConfigDict:
 
     c.batch_size = 8              # images per batch and process (at most the process's share)
     c.engine = "auto"             # "slots": continuous batching, each search slot refilled as
-                                  # soon as its attempt is done (sce_jax/run_slots.py; one
+                                  # soon as its attempt is done (sce_jax/runs/engines.py; one
                                   # process); "batch": a batch runs until its slowest search is
                                   # done; "auto": "slots" with one process, else "batch"
     c.slots = 0                   # searches in flight (engine "slots"; 0: as many as a batch has)
@@ -152,22 +153,6 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
         raise RunConfigError("the run config has problems:\n  " + "\n  ".join(problems))
 
 
-def upgrade_recorded_config(recorded: dict) -> dict:
-    """A ``run_config.json`` written by an earlier release, in today's keys (so that resuming
-    its workdir with the same settings is not refused): ``targets.class_name`` added (empty),
-    ``data.npz_images_key`` / ``npz_labels_key`` moved to ``data.npz.images_key`` /
-    ``labels_key`` and ``data.format`` added (empty: picked by the source)."""
-    recorded = copy.deepcopy(recorded)
-    if isinstance(recorded.get("targets"), dict):
-        recorded["targets"].setdefault("class_name", "")
-    data = recorded.get("data")
-    if isinstance(data, dict) and "npz_images_key" in data:
-        data["npz"] = {"images_key": data.pop("npz_images_key"),
-                       "labels_key": data.pop("npz_labels_key", "labels")}
-        data.setdefault("format", "")
-    return recorded
-
-
 def resolve_target_class(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose ``targets.class_name`` is turned into ``targets.class_index``.
 
@@ -207,8 +192,6 @@ def shipped_demo_config(demo: str, data_file: str, *, image_size: tuple[int, int
     """The run config of a shipped demo (``configs/<demo>.py``): its data, models and prior
     from ``sce_jax/assets/<demo>/``, leave-the-prediction targets; ``arg="tiny"`` shrinks it to
     a seconds-long check (4 images, 5 steps, 2 noise samples)."""
-    from sce_jax.assets import asset_path
-
     c = base_run_config()
     c.data.source = asset_path(demo, data_file, must_exist=False)
     c.data.image_size = tuple(image_size)

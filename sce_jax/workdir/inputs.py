@@ -4,7 +4,7 @@ A result is stored under its ``example_id``, the index of its input in the sourc
 (sorted folder paths, CSV rows, npz indices). If the input set changes between two runs on
 one workdir (a file added to the folder, a CSV row removed, rows reordered), the same id names
 another file, and a resume would attach old results to the wrong images and skip new ones.
-So the first run writes ``inputs.json`` (the name and its reading: :mod:`sce_jax.workdir`)::
+So the first run writes ``inputs.json`` (the name and its reading: :mod:`sce_jax.workdir.layout`)::
 
     {"source": "<data.source>", "num_examples": N, "sha256": "<digest>", "sources": [...]}
 

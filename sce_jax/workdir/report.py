@@ -1,7 +1,7 @@
 """The HTML report of a run: one self-contained page a person can open and read.
 
 :func:`write_report` reads ``manifest.jsonl`` and ``summary.json`` of a run's workdir (through
-:mod:`sce_jax.workdir`) and writes ``report.html`` beside them, linking the run's PNGs by
+:mod:`sce_jax.workdir.layout`) and writes ``report.html`` beside them, linking the run's PNGs by
 relative paths (the folder can be moved or zipped as a whole). The page holds:
 
 1. the run summary (flip rate, mean distances, throughput, and any other summary field) and,
@@ -30,8 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image
 
-from sce_jax import workdir as workdir_files
-from sce_jax.workdir import EVALUATION, MANIFEST, REPORT, SUMMARY
+from sce_jax.workdir import layout as workdir_files
+from sce_jax.workdir.layout import EVALUATION, MANIFEST, REPORT, SUMMARY
 
 DISPLAY_PIXELS = 160  # small images are enlarged to about this size (pixelated, no blur)
 

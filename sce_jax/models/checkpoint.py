@@ -7,7 +7,7 @@ that every array has the shape the config implies, so a run needs neither torch 
 conversion step.
 
 Models that can be checkpointed follow one protocol: a ``config`` attribute (a frozen
-dataclass, see :mod:`sce_jax.models.model_config`), a ``config_class`` class attribute and a
+dataclass, see :mod:`sce_jax.weights.model_config`), a ``config_class`` class attribute and a
 constructor ``cls(config, *, rngs, dtype=..., param_dtype=...)``.
 """
 
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sce_jax.models.model_config import config_from_dict, config_to_dict
+from sce_jax.models.registry import model_class
+from sce_jax.weights.model_config import config_from_dict, config_to_dict
 
 MODEL_FILE = "model.json"
 STATE_DIR = "state"
@@ -62,7 +63,7 @@ def read_model_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(
             f"{directory}: no {MODEL_FILE}; not an sce_jax checkpoint (make one with "
-            "scripts/convert_weights.py or sce_jax.weights.checkpoint.save_model)")
+            "scripts/convert_weights.py or sce_jax.models.checkpoint.save_model)")
     with open(path) as f:
         try:
             return json.load(f)
@@ -80,8 +81,6 @@ def load_model(directory: str | os.PathLike, *, expect: type | tuple[type, ...] 
       dtype: compute dtype of the rebuilt model.
       param_dtype: parameter dtype; the stored float32 weights are cast to it.
     """
-    from sce_jax.models.registry import model_class
-
     directory = os.path.abspath(os.fspath(directory))
     meta = read_model_meta(directory)
     cls = model_class(meta.get("class", "?"), where=directory)

@@ -20,13 +20,13 @@ from typing import NoReturn, Sequence
 
 from absl import flags
 
-from sce_jax.config_files import load_config_module
+from sce_jax.launch.config_files import load_config_module
 
 EXIT_USER_ERROR = 2
 HELP_FLAGS = ("--help", "-help", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
               "--helpxml", "-?", "-h")
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sce_jax/
 # Shipped configs: inside an installed package (the build maps configs/ to sce_jax/_configs),
 # else the checkout's top-level configs/ (editable installs and running from a checkout).
 CONFIG_DIRS = (os.path.join(PACKAGE_DIR, "_configs"), os.path.join(os.path.dirname(PACKAGE_DIR), "configs"))

@@ -36,8 +36,8 @@ import numpy as np
 
 from sce_jax import parallel
 from sce_jax.search import engine
-from sce_jax.search.engine import Batch, Explanation
 from sce_jax.search import slots as slot_search
+from sce_jax.search.engine import Batch, Explanation
 from sce_jax.search.slots import SlotInputs, SlotSearch
 
 MIN_CHUNK_STEPS = 4   # the default chunk is at least this long (a chunk boundary costs a sync)

@@ -23,10 +23,10 @@ process's CPU into that many devices (``jax_num_cpu_devices``; on GPUs and TPUs 
 uses the accelerators it can see).
 
 Failing cleanly: processes that do not all join within ``initialization_timeout`` raise
-:class:`~sce_jax.collectives.PeerLostError` (JAX's client would abort the process: its
+:class:`~sce_jax.runs.collectives.PeerLostError` (JAX's client would abort the process: its
 error callback is replaced while connecting). JAX's heartbeat, which also aborts a process
 whose peer died, is set to :data:`HEARTBEAT_TIMEOUT_S` (a day): the run's own bounded waits
-(:mod:`sce_jax.collectives`) find a dead or stuck peer instead and name it.
+(:mod:`sce_jax.runs.collectives`) find a dead or stuck peer instead and name it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Mapping
 import jax
 from absl import logging
 
-from sce_jax.collectives import PeerLostError
+from sce_jax.runs.collectives import PeerLostError
 
 # The port a SLURM job's coordinator listens on: BASE + job id % SPAN (two jobs sharing a
 # node rarely collide). An explicit --coordinator_address overrides it.

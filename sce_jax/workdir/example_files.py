@@ -2,9 +2,9 @@
 
 Per example folder ``images/<id:07d>/``: ``original.png`` and, per attempt ``a`` of target
 ``t``, ``cf_t<t>_a<a>.png`` (the 8-bit counterfactual), ``diff_t<t>_a<a>.png`` (difference heat
-map, :func:`sce_jax.image_io.difference_heatmap`) and ``mask_t<t>_a<a>.png`` (edit mask); the
-names are :func:`sce_jax.workdir.image_file`'s. Every file is written atomically
-(:func:`sce_jax.image_io.write_png`).
+map, :func:`sce_jax.data.image_io.difference_heatmap`) and ``mask_t<t>_a<a>.png`` (edit mask); the
+names are :func:`sce_jax.workdir.layout.image_file`'s. Every file is written atomically
+(:func:`sce_jax.data.image_io.write_png`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from sce_jax import image_io
-from sce_jax.workdir import Files, example_folder, image_file
+from sce_jax.data import image_io
+from sce_jax.workdir.layout import Files, example_folder, image_file
 
 
 def write_example_files(workdir: str, example_id: int, original: np.ndarray,

@@ -5,7 +5,7 @@ A workdir (``scripts/explain.py``, :func:`sce_jax.save_explanation`) holds::
     run_config.json          RUN_CONFIG: the config the run started with (a resume must use
                              the same)
     inputs.json              INPUTS: the ordered inputs it was made from (a resume must see the
-                             same; the format and its check: sce_jax.run_inputs)
+                             same; the format and its check: sce_jax.workdir.inputs)
     images/<id:07d>/         IMAGES: original.png and, per (target t, attempt a),
                              cf_t<t>_a<a>.png (the 8-bit counterfactual), diff_t<t>_a<a>.png
                              (heat map), mask_t<t>_a<a>.png (edit mask): image_file()
@@ -14,19 +14,19 @@ A workdir (``scripts/explain.py``, :func:`sce_jax.save_explanation`) holds::
                              commit point of the batch)
     manifest.jsonl           MANIFEST: every record, one JSON object per line, sorted by
                              (example, target, attempt), rebuilt from parts/
-    results.csv              RESULTS_CSV: the manifest's main columns (sce_jax.results_table)
+    results.csv              RESULTS_CSV: the manifest's main columns (sce_jax.workdir.results_table)
     summary.json             SUMMARY: run-level figures (sce_jax.metrics.summary.run_summary)
-                             and throughput (sce_jax.run_throughput)
-    report.html              REPORT: the page a person reads (sce_jax.report)
+                             and throughput (sce_jax.workdir.throughput)
+    report.html              REPORT: the page a person reads (sce_jax.workdir.report)
     evaluation/              EVALUATION: scripts/evaluate.py's metrics.json (EVALUATION_METRICS),
                              counterfactuals.jsonl (EVALUATION_RECORDS) and PNG plots
 
-A record (:class:`Record`) is what :mod:`sce_jax.records` builds: one per (example, target,
+A record (:class:`Record`) is what :mod:`sce_jax.workdir.records` builds: one per (example, target,
 attempt) with status ``"ok"``, or one per skipped input (status ``"skipped"``, target and
 attempt -1, no files).
 
 Writing: every file is written to a temporary name beside it and renamed
-(:func:`sce_jax.image_io.atomic_write`), so a reader, or a run killed at any moment, sees the
+(:func:`sce_jax.data.image_io.atomic_write`), so a reader, or a run killed at any moment, sees the
 old file or the complete new one; :func:`remove_stale_temporaries` clears what a killed run
 left. Reading: :func:`read_manifest` and :func:`read_summary` refuse a file that is not what
 this module writes, naming the file and line (:class:`WorkdirReadError`).
@@ -38,13 +38,14 @@ another input set.
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
 from typing import Any, Iterable, Literal, Mapping, NotRequired, Sequence, TypedDict
 
-from sce_jax import image_io, run_inputs
-from sce_jax.run_config import RunConfigError, upgrade_recorded_config
+from sce_jax.data import image_io
+from sce_jax.workdir import inputs as run_inputs
 
 RUN_CONFIG = "run_config.json"
 INPUTS = "inputs.json"
@@ -78,9 +79,9 @@ class Record(TypedDict):
 
     Skip records hold only the first eight keys (``status`` ``"skipped"``, ``reason`` why,
     ``target`` and ``attempt`` -1, ``files`` empty) and the names; the others are
-    :func:`sce_jax.records.counterfactual_record`'s. ``success`` is the target decision at the
+    :func:`sce_jax.workdir.records.counterfactual_record`'s. ``success`` is the target decision at the
     goal probability on the written 8-bit image; ``*_name`` and ``goal`` are
-    :mod:`sce_jax.record_names`'s.
+    :mod:`sce_jax.workdir.record_names`'s.
     """
 
     example_id: int
@@ -119,6 +120,10 @@ class Record(TypedDict):
 
 class WorkdirReadError(ValueError):
     """A workdir file that is missing or not in this format; the message names file and line."""
+
+
+class ResumeConfigError(ValueError):
+    """The workdir holds a run made with another result-defining config."""
 
 
 class WorkdirWriteError(OSError):
@@ -229,7 +234,7 @@ def write_run_record(workdir: str, config: Mapping[str, Any], source: str,
 
 
 def _is_temporary(name: str) -> bool:
-    """Names :func:`sce_jax.image_io.atomic_write` gives files before their final rename."""
+    """Names :func:`sce_jax.data.image_io.atomic_write` gives files before their final rename."""
     return name.startswith(".") and name.endswith(".tmp")
 
 
@@ -383,7 +388,7 @@ def read_run_config(workdir: str) -> dict[str, Any] | None:
 
 
 def read_input_record(workdir: str) -> dict[str, Any] | None:
-    """``inputs.json`` (:func:`sce_jax.run_inputs.input_record`); None when there is none."""
+    """``inputs.json`` (:func:`sce_jax.workdir.inputs.input_record`); None when there is none."""
     return _read_object(os.path.join(workdir, INPUTS))
 
 
@@ -398,16 +403,33 @@ def read_evaluation_metrics(workdir: str) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- resume
 
 
+def upgrade_recorded_config(recorded: dict) -> dict:
+    """A ``run_config.json`` written by an earlier release, in today's keys (so that resuming
+    its workdir with the same settings is not refused): ``targets.class_name`` added (empty),
+    ``data.npz_images_key`` / ``npz_labels_key`` moved to ``data.npz.images_key`` /
+    ``labels_key`` and ``data.format`` added (empty: picked by the source)."""
+    recorded = copy.deepcopy(recorded)
+    if isinstance(recorded.get("targets"), dict):
+        recorded["targets"].setdefault("class_name", "")
+    data = recorded.get("data")
+    if isinstance(data, dict) and "npz_images_key" in data:
+        data["npz"] = {"images_key": data.pop("npz_images_key"),
+                       "labels_key": data.pop("npz_labels_key", "labels")}
+        data.setdefault("format", "")
+    return recorded
+
+
+
 def check_resume(workdir: str, config: Mapping[str, Any], source: str, sources: Sequence[str],
                  records: Sequence[Mapping[str, Any]]) -> None:
     """Refuses to resume ``workdir`` (which holds ``records``) with another run.
 
     ``config``: the run config as JSON; it must equal ``run_config.json`` in every
     :data:`RESULT_DEFINING` section. ``source``, ``sources``: the data source and its ordered
-    inputs now (:func:`sce_jax.run_inputs.check_unchanged`).
+    inputs now (:func:`sce_jax.workdir.inputs.check_unchanged`).
 
     Raises:
-      RunConfigError: another config (naming the sections that differ).
+      ResumeConfigError: another config (naming the sections that differ).
       InputSetChangedError: another input set (naming what was added, removed or moved).
     """
     previous = read_run_config(workdir)
@@ -415,7 +437,7 @@ def check_resume(workdir: str, config: Mapping[str, Any], source: str, sources: 
         previous = upgrade_recorded_config(previous)  # recorded by an earlier release
         changed = [k for k in RESULT_DEFINING if previous.get(k) != config.get(k)]
         if changed:
-            raise RunConfigError(
+            raise ResumeConfigError(
                 f"{workdir} holds a run made with another config (differs in: "
                 f"{', '.join(changed)}); resume with the same config or choose a new --workdir")
     run_inputs.check_unchanged(workdir, read_input_record(workdir), source, sources, records)

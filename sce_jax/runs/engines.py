@@ -5,7 +5,7 @@ records that ``run.py`` writes as one part file):
 
 - ``"batch"``: one commit per data batch; the batch's ``lax.while_loop`` runs until its
   slowest search is done (every process runs the same batches: several processes work).
-- ``"slots"``: continuous batching (:mod:`sce_jax.slot_scheduler`): ``slots`` searches in
+- ``"slots"``: continuous batching (:mod:`sce_jax.search.slot_scheduler`): ``slots`` searches in
   flight, each slot refilled when its attempt is over; one commit per chunk of steps in which
   examples finished, holding exactly those examples (all targets and attempts of each), plus
   the skip records of the batches read so far. One process only.
@@ -49,7 +49,7 @@ def slot_commits(batches: Iterable, scheduler, *, searches_of: Callable, write_r
 
     Args:
       batches: the data batches to explain.
-      scheduler: a :class:`sce_jax.slot_scheduler.SlotScheduler`.
+      scheduler: a :class:`sce_jax.search.slot_scheduler.SlotScheduler`.
       searches_of: ``batch -> (skip records, searches or None)``; ``searches`` has ``arrays``
         (the prepared search batch), ``size``, ``rows`` (image row of each search), ``valid``.
       write_results: ``(explanation, searches, batch) -> records`` for the searches given

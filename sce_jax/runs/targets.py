@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from sce_jax.explainer import all_other_classes
 from sce_jax.registry import Registry
 
 
@@ -31,7 +32,6 @@ class BatchTargets:
       no_target: batch rows dropped because they have no target (each gets a skip record).
       no_target_reason: the skip records' reason.
     """
-
     rows: np.ndarray
     targets: np.ndarray
     valid: np.ndarray
@@ -42,7 +42,6 @@ class BatchTargets:
 @dataclasses.dataclass(frozen=True)
 class TargetChoice:
     """The inputs a run kind chooses targets from (one data batch)."""
-
     batch_targets: np.ndarray  # (B,) the data's own targets (CSV), -1 where none
     valid: np.ndarray          # (B,) bool
     class_index: int           # targets.class_index (-1: not given)
@@ -61,7 +60,6 @@ class RunTargetKind:
       searches_per_image: ``num_outputs -> searches`` of one image.
       choose: :class:`TargetChoice` -> :class:`BatchTargets`.
     """
-
     search_kind: str
     choose: Callable[[TargetChoice], BatchTargets]
     takes_class: bool = False
@@ -77,8 +75,6 @@ def _every_row(c: TargetChoice, value: int) -> BatchTargets:
 
 def _all_others(c: TargetChoice) -> BatchTargets:
     """One search per class other than the prediction (:func:`sce_jax.explainer.all_other_classes`)."""
-    from sce_jax.explainer import all_other_classes
-
     rows, targets = all_other_classes(c.predict(), c.num_outputs)
     return BatchTargets(rows, targets, c.valid, np.zeros(0, np.int64))
 

@@ -25,7 +25,7 @@ Typical use::
 
     model = load_torchvision_classifier("resnet50_chexpert.pth", "resnet50")
     vit = load_torchvision_classifier("vit_b_16.pth", "vit_b_16", image_size=384)
-    save_model(model, "ckpt/classifier")          # sce_jax.weights.checkpoint
+    save_model(model, "ckpt/classifier")          # sce_jax.models.checkpoint
 """
 
 from __future__ import annotations
@@ -38,15 +38,33 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sce_jax.models.densenet import (DenseNet, DenseNetConfig, TORCHVISION_DENSENETS, densenet_config,
-                                     densenet_legacy_key, torchvision_densenet_name)
-from sce_jax.models.model_config import ConfigError
-from sce_jax.models.resnet import (EXPANSION, ResNet, ResNetConfig, TORCHVISION_RESNETS, resnet_config,
-                                   torchvision_resnet_name)
+from sce_jax.models.densenet import (
+    TORCHVISION_DENSENETS,
+    DenseNet,
+    DenseNetConfig,
+    densenet_config,
+    densenet_legacy_key,
+    torchvision_densenet_name,
+)
+from sce_jax.models.resnet import (
+    EXPANSION,
+    TORCHVISION_RESNETS,
+    ResNet,
+    ResNetConfig,
+    resnet_config,
+    torchvision_resnet_name,
+)
 from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
-from sce_jax.models.vit import (TORCHVISION_VITS, VisionTransformer, VisionTransformerConfig,
-                                interpolate_position_embedding, torchvision_vit_name, vit_config,
-                                vit_legacy_key)
+from sce_jax.models.vit import (
+    TORCHVISION_VITS,
+    VisionTransformer,
+    VisionTransformerConfig,
+    interpolate_position_embedding,
+    torchvision_vit_name,
+    vit_config,
+    vit_legacy_key,
+)
+from sce_jax.weights.model_config import ConfigError
 from sce_jax.weights.strict import WeightMismatchError, load_torch_state_dict_into
 from sce_jax.weights.torch_files import read_state_dict
 

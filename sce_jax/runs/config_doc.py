@@ -2,7 +2,7 @@
 
 ``scripts/explain.py --print_config`` prints :func:`describe`: every ``--config.*`` key with
 its value after the config file and the command-line overrides, and the comment written beside
-the key where its default is set (:func:`sce_jax.run_config.base_run_config` and each data
+the key where its default is set (:func:`sce_jax.runs.config.base_run_config` and each data
 source's ``options()``; a comment on the lines right after a key continues it), or, for
 ``search.*``, declared with the key (:func:`sce_jax.search.config.search_config_docs`). The
 comments are read from those places, so the documentation has one place.
@@ -15,6 +15,10 @@ import re
 from typing import Any, Callable, Mapping
 
 import ml_collections
+
+from sce_jax.data.sources import DATA_SOURCES
+from sce_jax.runs.config import base_run_config
+from sce_jax.search.config import search_config_docs
 
 COMMENT_COLUMN = 48  # comments start here unless the key and value are longer
 _ASSIGNMENT = re.compile(r"^\s*c\.([A-Za-z_][\w.]*)\s*=\s*(.*)$")
@@ -73,11 +77,6 @@ def comments_from_source(fn: Callable, prefix: str = "") -> dict[str, str]:
 
 def run_config_comments() -> dict[str, str]:
     """The documented keys of the run config (``search.*`` included)."""
-    from sce_jax.run_config import base_run_config
-    from sce_jax.search.config import search_config_docs
-
-    from sce_jax.data_sources import DATA_SOURCES
-
     comments = comments_from_source(base_run_config)
     comments.update({f"search.{k}": v for k, v in search_config_docs().items() if v})
     for name, source in DATA_SOURCES.items():  # data.<format>.*: in the source's options()

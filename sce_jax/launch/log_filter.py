@@ -13,7 +13,7 @@ import os
 
 from absl import logging
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sce_jax/
 
 
 class OwnInfoFilter(std_logging.Filter):

@@ -1,6 +1,6 @@
 """Bounded waits between the processes of a run: every wait ends, and says who is missing.
 
-The processes of a multi-process run (``sce_jax.distributed``) must agree at a few points:
+The processes of a multi-process run (``sce_jax.launch.distributed``) must agree at a few points:
 the config they run, that every one of them passed its checks before any work, the finished
 examples before the first batch, a stop request after each batch, all parts written before
 process 0 assembles the manifest. JAX's own barriers (gloo collectives) wait forever for a

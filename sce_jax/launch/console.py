@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import runpy
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sce_jax/
 SCRIPT_DIRS = (os.path.join(PACKAGE_DIR, "_scripts"),
                os.path.join(os.path.dirname(PACKAGE_DIR), "scripts"))
 

@@ -10,10 +10,16 @@ import ml_collections
 
 from sce_jax.classifier import Classifier, Preprocessing
 from sce_jax.generator import Generator
-from sce_jax.model_kinds import (CLASSIFIER_NETWORKS, DIFFUSERS_PRIORS, DTYPE_NAMES,
-                                 GENERATOR_KINDS, PRIOR_NETWORKS)
+from sce_jax.models.checkpoint import load_model
+from sce_jax.models.registry import (
+    CLASSIFIER_NETWORKS,
+    DIFFUSERS_PRIORS,
+    DTYPE_NAMES,
+    GENERATOR_KINDS,
+    PRIOR_NETWORKS,
+)
 from sce_jax.prior import Prior
-from sce_jax.weights.checkpoint import load_model
+from sce_jax.priors.prompt_embeddings import load_prompt_embeddings
 
 DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 
@@ -21,7 +27,7 @@ DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 def load_generator(config: ml_collections.ConfigDict) -> Generator:
     """From ``config.generator``: an orbax checkpoint of any generator kind, or a local
     diffusers folder / repo id read as ``generator.kind``
-    (:data:`sce_jax.model_kinds.GENERATOR_KINDS`)."""
+    (:data:`sce_jax.models.registry.GENERATOR_KINDS`)."""
     dtype = DTYPES[config.dtype]
     if config.checkpoint:
         model = load_model(config.checkpoint, expect=tuple(GENERATOR_KINDS.values()), dtype=dtype)
@@ -49,7 +55,7 @@ def load_classifier(config: ml_collections.ConfigDict) -> Classifier:
 
 def load_prior(config: ml_collections.ConfigDict) -> Prior | None:
     """From ``config.prior``: an orbax checkpoint of a velocity model, a diffusers transformer
-    of architecture ``prior.kind`` (``prior.diffusers``; :data:`sce_jax.model_kinds.
+    of architecture ``prior.kind`` (``prior.diffusers``; :data:`sce_jax.models.registry.
     DIFFUSERS_PRIORS`), or None when neither is set."""
     if config.diffusers:
         return DIFFUSERS_PRIORS[config.kind](config.diffusers, DTYPES[config.dtype])
@@ -66,8 +72,6 @@ def load_prior_context(config: ml_collections.ConfigDict, prior: Prior | None) -
       ValueError: for a prior that needs a context when ``prior.context`` is empty, and every
         problem of the file (:class:`~sce_jax.priors.prompt_embeddings.PromptEmbeddingsError`).
     """
-    from sce_jax.priors.prompt_embeddings import load_prompt_embeddings
-
     if prior is None:
         return None
     if config.context:

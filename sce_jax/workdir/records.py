@@ -1,6 +1,6 @@
-"""The manifest records (:class:`sce_jax.workdir.Record`); validity judged on the 8-bit image.
+"""The manifest records (:class:`sce_jax.workdir.layout.Record`); validity judged on the 8-bit image.
 
-Both the dataset run (:mod:`sce_jax.run`) and :func:`sce_jax.save_explanation` write their
+Both the dataset run (:mod:`sce_jax.runs.loop`) and :func:`sce_jax.save_explanation` write their
 records through :func:`counterfactual_record` (and :func:`skip_record` for an input that could
 not be explained), so a manifest means the same whoever wrote it. A record's ``success`` is
 the target decision at the goal probability on the image as saved (``round(255 x) / 255``),
@@ -19,7 +19,7 @@ import numpy as np
 from sce_jax.metrics.sparsity import changed_fraction
 from sce_jax.metrics.validity import reaches_target
 from sce_jax.search import targets as target_lib
-from sce_jax.workdir import Files, Record
+from sce_jax.workdir.layout import Files, Record
 
 OUTCOMES = ("found", "not_found", "near_boundary", "no_second_reason")
 
