@@ -46,7 +46,7 @@ def checked_images(images: Any) -> np.ndarray:
     return array
 
 
-def _per_example(name: str, values: Any, batch: int, dtype) -> np.ndarray:
+def per_example(name: str, values: Any, batch: int, dtype) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one value per image, shape ({batch},); got shape {array.shape}")
@@ -64,7 +64,7 @@ def checked_targets(targets: Sequence[Any] | np.ndarray | None, batch: int, *, k
     if array.ndim == 0:
         raise ValueError(f"targets must be one target per image, a sequence of length {batch}; "
                          f"got the single value {targets!r}")
-    _per_example("targets", np.zeros(array.shape[0]) if array.ndim == 1 else array, batch, np.int32)
+    per_example("targets", np.zeros(array.shape[0]) if array.ndim == 1 else array, batch, np.int32)
     try:
         return class_indices(list(array), class_names,
                              what="target attribute" if kind == "flip" else "target")
@@ -77,7 +77,7 @@ def checked_targets(targets: Sequence[Any] | np.ndarray | None, batch: int, *, k
 def checked_example_ids(example_ids: Any, batch: int) -> np.ndarray | None:
     if example_ids is None:
         return None
-    return _per_example("example_ids", example_ids, batch, np.int32)
+    return per_example("example_ids", example_ids, batch, np.int32)
 
 
 def checked_regions(regions: Any, batch: int, height: int, width: int) -> np.ndarray | None:
@@ -104,4 +104,4 @@ def checked_latents(latents: Any, batch: int, latent_shape: tuple[int, ...]) -> 
 
 
 def checked_valid(valid: Any, batch: int) -> np.ndarray | None:
-    return None if valid is None else _per_example("valid", valid, batch, bool)
+    return None if valid is None else per_example("valid", valid, batch, bool)

@@ -3,9 +3,9 @@
     result = explainer.explain(images, targets=["Dress", "Coat"])
     sce_jax.save_explanation(result, images, "runs/mine", classifier=classifier)
 
-writes what ``scripts/explain.py`` writes for a dataset (same file writer,
-:mod:`sce_jax.workdir.example_files`; same record fields, class names and goal in words,
-:mod:`sce_jax.workdir.record_names`)::
+writes what ``scripts/explain.py`` writes for a dataset, through the same write path
+(:mod:`sce_jax.workdir.writing`: the same files, record fields, class names and goal in
+words)::
 
     images/<id>/original.png, cf_t<t>_a<a>.png, diff_t<t>_a<a>.png, mask_t<t>_a<a>.png
     manifest.jsonl, results.csv, summary.json, report.html
@@ -25,12 +25,10 @@ import numpy as np
 
 from sce_jax import api_inputs
 from sce_jax.classifier import Classifier
-from sce_jax.data import image_io
 from sce_jax.metrics.summary import run_summary
-from sce_jax.workdir import layout as workdir_files
-from sce_jax.workdir import records, report, results_table
-from sce_jax.workdir.example_files import write_example_files
+from sce_jax.workdir import layout
 from sce_jax.workdir.record_names import with_names
+from sce_jax.workdir.writing import write_counterfactuals, write_run_outputs
 
 
 def infer_kind(result, classifier: Classifier | None) -> str:
@@ -60,34 +58,22 @@ def save_explanation(result, images, out_dir: str, *, classifier: Classifier | N
     """
     images = api_inputs.checked_images(images)
     result = jax.tree.map(np.asarray, result)
-    b, k = result.image.shape[:2]
+    b = result.image.shape[0]
     if images.shape[0] != b:
         raise ValueError(f"images has {images.shape[0]} image(s), the result {b}")
     ids = np.arange(b) if example_ids is None else api_inputs.checked_example_ids(example_ids, b)
-    labels = [None] * b if labels is None else [int(v) for v in api_inputs._per_example("labels", labels, b, np.int64)]
-    kind = kind or infer_kind(result, classifier)
+    labels = ([None] * b if labels is None else
+              [int(v) for v in api_inputs.per_example("labels", labels, b, np.int64)])
     names = classifier.class_names if classifier is not None else None
-    quantised = image_io.to_uint8(result.image)
-    if classifier is not None:
-        success, prob_after, decision_after = records.judge_written(
-            classifier.logits, quantised, result, kind=kind, goal_probability=goal_probability)
-    else:
-        success, prob_after, decision_after = result.success, result.prob_after, result.prediction_after
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for i in range(b):
-        attempt_files = write_example_files(out_dir, int(ids[i]), images[i], quantised[i],
-                                            result.mask[i], int(result.target[i]))
-        for a in range(k):
-            written.append(with_names(records.counterfactual_record(
-                result, i, a, example_id=int(ids[i]), source=f"images[{i}]", label=labels[i],
-                target_kind=kind, success8=success[i, a], prob8=prob_after[i, a],
-                decision8=decision_after[i, a], original=images[i], quantised=quantised[i, a],
-                files=attempt_files[a]), names))
-    workdir_files.write_manifest(out_dir, written)
-    workdir_files.write_summary(out_dir, {**run_summary(written), "complete": True})
-    results_table.write_results_csv(out_dir, written)
-    if write_report:
-        report.write_report(out_dir, class_names=names)
+    written = write_counterfactuals(
+        out_dir, result, images, example_ids=ids, sources=[f"images[{i}]" for i in range(b)],
+        labels=labels, kind=kind or infer_kind(result, classifier),
+        logits_fn=classifier.logits if classifier is not None else None,
+        goal_probability=goal_probability)
+    written = [with_names(r, names) for r in written]
+    layout.write_manifest(out_dir, written)
+    write_run_outputs(out_dir, written, {**run_summary(written), "complete": True},
+                      class_names=names, write_report=write_report)
     return out_dir
