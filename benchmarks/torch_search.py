@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sce_jax.classifier import GREY_WEIGHTS
+from sce_jax.data.geometry import LUMA_WEIGHTS
 from sce_jax.search.config import SearchSettings
 from sce_jax.search.masks import gaussian_kernel1d
 from sce_jax.search.objectives import L2_EPS
@@ -137,7 +137,7 @@ class TorchClassifier:
             if c == 1 and self.channels == 3:
                 x = x.repeat(1, 3, 1, 1)
             elif c == 3 and self.channels == 1:
-                w = torch.tensor(GREY_WEIGHTS, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+                w = torch.tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
                 x = (x * w).sum(1, keepdim=True)
             else:
                 raise ValueError(f"cannot convert images with {c} channels to {self.channels}")

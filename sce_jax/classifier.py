@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sce_jax.data.geometry import convert_channels
 from sce_jax.search.targets import HEADS, Head  # noqa: F401  (Head: part of this module's API)
 
 Array = jax.Array
-GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +54,6 @@ class Preprocessing:
 
 # The normalisation torchvision's ImageNet weights expect.
 IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-
-
-def convert_channels(images: Array, channels: int) -> Array:
-    """Grey (1) <-> RGB (3) conversion, differentiable."""
-    c = images.shape[-1]
-    if c == channels:
-        return images
-    if c == 1 and channels == 3:
-        return jnp.repeat(images, 3, axis=-1)
-    if c == 3 and channels == 1:
-        w = jnp.asarray(GREY_WEIGHTS, images.dtype)
-        return jnp.sum(images * w, axis=-1, keepdims=True)
-    raise ValueError(f"cannot convert images with {c} channels to {channels} channels")
 
 
 @dataclasses.dataclass(frozen=True)

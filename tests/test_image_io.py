@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from sce_jax.data import image_io
+from sce_jax.data.geometry import LUMA_WEIGHTS
 
 
 def _save(path, image, **kwargs):
@@ -166,7 +167,7 @@ def test_write_png_refuses_bad_shapes(tmp_path):
 def test_heat_colours_hit_their_anchors_and_brighten_monotonically():
     np.testing.assert_allclose(image_io.heat_colours(image_io.HEAT_ANCHORS), image_io.HEAT_RGB,
                                atol=1e-6)
-    luma = image_io.heat_colours(np.linspace(0, 1, 101)) @ image_io.LUMA_WEIGHTS
+    luma = image_io.heat_colours(np.linspace(0, 1, 101)) @ np.asarray(LUMA_WEIGHTS, np.float32)
     assert np.all(np.diff(luma) > 0)
 
 

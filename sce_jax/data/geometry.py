@@ -1,7 +1,7 @@
 """Fitting a decoded image to the run's size and channels.
 
 Grey is repeated to RGB, RGB is reduced to grey with the BT.601 luma
-``0.299 R + 0.587 G + 0.114 B`` (:func:`sce_jax.data.image_io.to_grey`); the image is
+``0.299 R + 0.587 G + 0.114 B`` (:func:`convert_channels`); the image is
 optionally center-cropped to the requested aspect ratio, then resized with Pillow's bilinear
 filter (antialiased: on a reduction the filter widens to cover every source pixel). Region
 masks take the same crop and resize and keep the pixels covered at least half
@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from sce_jax.data import image_io
+# ITU-R BT.601 luma weights of (R, G, B): the ones Pillow's "L" conversion uses.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def center_crop_box(height: int, width: int, target_height: int, target_width: int
@@ -37,16 +38,22 @@ def _resize_channels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def convert_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W, 1|3) -> (H, W, channels): grey repeated to RGB, RGB to BT.601 luma."""
+def convert_channels(pixels, channels: int):
+    """(..., 1|3) -> (..., channels): grey repeated to RGB, RGB to the BT.601 luma
+    ``0.299 R + 0.587 G + 0.114 B``.
+
+    The one conversion of the package: the data pipeline calls it on numpy arrays (numpy
+    out), the classifier's preprocessing on JAX arrays inside the search (JAX out,
+    differentiable).
+    """
     have = pixels.shape[-1]
     if have == channels:
         return pixels
     if have == 1 and channels == 3:
-        return np.repeat(pixels, 3, axis=-1)
+        return pixels.repeat(3, axis=-1)
     if have == 3 and channels == 1:
-        return image_io.to_grey(pixels)
-    raise ValueError(f"cannot convert {have} channels to {channels}")
+        return (pixels * np.asarray(LUMA_WEIGHTS, pixels.dtype)).sum(axis=-1, keepdims=True)
+    raise ValueError(f"cannot convert images with {have} channels to {channels} channels")
 
 
 def fit_image(pixels: np.ndarray, size: tuple[int, int], channels: int, *, crop: bool = False

@@ -40,6 +40,8 @@ from typing import IO, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
+from sce_jax.data.geometry import convert_channels
+
 # Anchor colours of the heat map at t = 0, 0.25, 0.5, 0.75, 1 (linearly interpolated).
 HEAT_ANCHORS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 HEAT_RGB = np.array([
@@ -49,8 +51,6 @@ HEAT_RGB = np.array([
     [1.00, 0.65, 0.05],   # orange
     [1.00, 1.00, 0.70],   # pale yellow
 ])
-# Greyscale weights of ITU-R BT.601 (the ones Pillow's "L" conversion uses).
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _CONVERT_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")
@@ -240,7 +240,7 @@ def to_grey(image: np.ndarray) -> np.ndarray:
         return image
     if image.shape[-1] != 3:
         raise ValueError(f"expected 1 or 3 channels, got shape {image.shape}")
-    return (image @ LUMA_WEIGHTS)[..., None]
+    return convert_channels(image, 1)
 
 
 def difference_map(original: np.ndarray, counterfactual: np.ndarray) -> np.ndarray:
