@@ -26,7 +26,7 @@ diversity      K attempts; attempt k may not change what successful attempts bef
 Differences that are not algorithmic: images are NCHW (PyTorch's layout), and the smoothing
 noise comes from a ``torch.Generator`` instead of JAX's per-example keys, so with smoothing on
 the two implementations draw different (equally distributed) noise. With smoothing ``"none"``
-both compute the same counterfactual up to float rounding (``tests/test_torch_reference.py``).
+both compute the same counterfactual up to float rounding (``tests/benchmarks/test_torch_reference.py``).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def greenish_images(batch: int, size=(16, 16), seed: int = 0) -> np.ndarray:
     return np.repeat(np.repeat(blocks, FACTOR, axis=1), FACTOR, axis=2)
 
 
-# The exact rectified-flow velocity of a Gaussian "data" distribution (tests/test_prior_search.py
+# The exact rectified-flow velocity of a Gaussian "data" distribution (tests/search/test_prior_search.py
 # explains it): the prior of the toy search tests.
 VARIANCES = np.array([1.0, 1.0, 0.0], np.float32)  # the data never uses latent channel 2
 

@@ -21,7 +21,7 @@ Design choices:
 
 PyTorch names: ``convs.{i}`` (``nn.Conv2d``) and ``fc`` (``nn.Linear``), so the layout rules of
 :mod:`sce_jax.weights.torch_layout` map a twin written as ``nn.ModuleList`` of convolutions plus
-``nn.Linear`` (see tests/test_small_cnn.py).
+``nn.Linear`` (see tests/models/test_small_cnn.py).
 """
 
 from __future__ import annotations

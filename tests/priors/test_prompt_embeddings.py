@@ -19,7 +19,7 @@ from sce_jax.priors.prompt_embeddings import (
     save_prompt_embeddings,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT
 SCRIPT = os.path.join(ROOT, "scripts", "encode_prompt.py")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sce_jax.assets import asset_path
+from tests import ROOT
 from sce_jax.models.checkpoint import load_model
 
 DEMOS = ("fashion_mnist", "squares")
@@ -83,7 +84,7 @@ def test_fashion_mnist_demo_config_runs_on_the_shipped_files(tmp_path):
     from sce_jax.workdir import layout as workdir
 
     module = load_config_module(os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "fashion_mnist.py"))
+        ROOT, "configs", "fashion_mnist.py"))
     config = module.get_config("tiny")
     config.output.report = False
     summary = run.explain_dataset(config, str(tmp_path / "run"))

@@ -1,7 +1,7 @@
 """Finding and reading diffusers folders: model folders, pipelines, the local HF cache, errors.
 
 The folders are written with save_pretrained_diffusers from a port with random weights (no
-torch needed); tests/test_autoencoder_kl.py checks that diffusers itself reads and writes
+torch needed); tests/models/test_autoencoder_kl.py checks that diffusers itself reads and writes
 the same layout.
 """
 

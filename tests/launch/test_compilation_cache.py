@@ -13,7 +13,7 @@ import pytest
 
 from sce_jax.launch import compilation_cache
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT
 PROGRAM = """
 import sys, jax, jax.numpy as jnp
 from sce_jax.launch import compilation_cache

@@ -11,7 +11,7 @@ from sce_jax.launch import command_line
 from sce_jax.launch.config_files import load_config_module
 from sce_jax.runs import config_doc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT
 EXPLAIN = os.path.join(ROOT, "scripts", "explain.py")
 EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
 

@@ -24,7 +24,7 @@ from tests.search_helpers import with_overrides  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import ROOT
 SD3_CONFIG = os.path.join(ROOT, "configs", "sd3.py")
 
 
