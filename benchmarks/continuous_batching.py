@@ -153,7 +153,7 @@ def markdown(report: dict) -> str:
         "",
         f"Ratio (slots / batch): **{report['ratio']:.2f}x**. Attempts with the same steps and "
         f"success in both engines: {report['same_share']:.1%} (the demo amplifies float rounding "
-        "differences: the batch engine itself differs between batch sizes, see WORKSPACE.md).",
+        "differences: the batch engine itself differs between batch sizes, see docs/continuous_batching.md).",
         "",
         f"Slot engine: {s['chunks']} chunks, {s['refills']} refills, the state halved "
         f"{s['shrinks']} times at the end (down to {s['min_slots']} slots at least); wall time "

@@ -6,7 +6,7 @@
 The models (a small AutoencoderKL with an 8x8x4 latent and a small CNN, 90.5% test accuracy)
 were trained by scripts/train_demo_models.py and ship in sce_jax/assets/fashion_mnist/.
 Search defaults: sce_jax/search/config.py; the values set here were chosen on this demo
-(WORKSPACE.md, "Tuning the defaults"). ``:tiny`` shrinks everything for a seconds-long check.
+(docs/tuning.md, "Tuning the defaults"). ``:tiny`` shrinks everything for a seconds-long check.
 """
 
 from sce_jax.demos.fashion_mnist import CLASS_NAMES

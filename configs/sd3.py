@@ -15,7 +15,7 @@ orbax checkpoint, ``scripts/convert_weights.py``); optionally ``dtype`` (``bfloa
 VAE and the transformer in bfloat16 and halves the transformer's 8 GB of float32 weights).
 Set the classifier's preprocessing (``--config.classifier.mean=...``, ``std``, ``input_size``)
 as it was trained. The prior runs SD3's schedule shift 3; every search step costs
-``denoise_steps`` transformer forwards per image (see WORKSPACE.md, "Transformer priors
+``denoise_steps`` transformer forwards per image (see docs/ports.md, "Transformer priors
 (SD3)", for what that costs): an accelerator is what this config is for.
 """
 

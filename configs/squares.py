@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
     # only 2x stronger on the square than off it): two of 24 first attempts never reached the
     # goal and green -> red painted blotches beside the square. Unit-norm SGD steps (length =
     # learning rate) on the cells with at least half the largest gradient recolour the square
-    # itself: 24 of 24 first attempts (README, "Explanation quality"; WORKSPACE.md, "Tuning the
+    # itself: 24 of 24 first attempts (README, "Explanation quality"; docs/tuning.md, "Tuning the
     # defaults"). A red square on its blue background needs up to 120 steps: budget 150.
     c.search.normalize_gradient = True
     c.search.sparsify = 0.5

@@ -1,6 +1,6 @@
 """The corpus of bad inputs, made on demand in a temporary folder (no committed files).
 
-Two kinds of cases, each with what a user must see (WORKSPACE.md, "Bad inputs", lists them):
+Two kinds of cases, each with what a user must see (docs/distributed.md, "Bad inputs", lists them):
 
 - :func:`run_level_cases`: a data source, model, target, size, search value or workdir that
   cannot work. Each is a change of the tiny run config; the run must stop before any work

@@ -83,3 +83,44 @@ def test_readme_api_example_runs_on_the_shipped_demo(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "api_demo" / "report.html").is_file()
     assert (tmp_path / "runs" / "api_demo" / "results.csv").is_file()
     assert (tmp_path / "runs" / "api_demo" / records[0]["files"]["mask"]).is_file()
+
+
+WORKSPACE_MAX_LINES = 450
+
+
+def _text(name):
+    with open(os.path.join(ROOT, name)) as f:
+        return f.read()
+
+
+def _docs_cited(text):
+    return sorted(set(re.findall(r"docs/[\w./-]+\.md", text)))
+
+
+def test_workspace_is_a_short_guide():
+    lines = _text("WORKSPACE.md").splitlines()
+    assert len(lines) <= WORKSPACE_MAX_LINES, (
+        f"WORKSPACE.md has {len(lines)} lines; move reference material into docs/")
+
+
+def test_every_docs_file_cited_exists():
+    for name in ("WORKSPACE.md", "README.md"):
+        cited = _docs_cited(_text(name))
+        missing = [p for p in cited if not os.path.isfile(os.path.join(ROOT, p))]
+        assert missing == [], f"{name} cites {missing}"
+    assert _docs_cited(_text("WORKSPACE.md")), "WORKSPACE.md links to no docs/ file"
+
+
+def test_every_docs_page_is_linked_from_the_guide():
+    pages = sorted(f"docs/{n}" for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md"))
+    assert sorted(set(pages) - set(_docs_cited(_text("WORKSPACE.md")))) == []
+
+
+def test_docs_pages_link_to_pages_that_exist():
+    docs = os.path.join(ROOT, "docs")
+    for name in sorted(os.listdir(docs)):
+        if not name.endswith(".md"):
+            continue
+        links = re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", _text(os.path.join("docs", name)))
+        missing = [link for link in links if not os.path.isfile(os.path.join(docs, link))]
+        assert missing == [], f"docs/{name} links to {missing}"

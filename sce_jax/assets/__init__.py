@@ -18,5 +18,5 @@ def asset_path(*parts: str, must_exist: bool = True) -> str:
     if must_exist and not os.path.exists(path):
         raise FileNotFoundError(
             f"{path}: shipped asset missing; recreate the demo assets with "
-            "`python scripts/train_demo_models.py` (see WORKSPACE.md, 'Demo models')")
+            "`python scripts/train_demo_models.py` (see docs/demo_models.md)")
     return path

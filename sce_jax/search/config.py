@@ -11,7 +11,7 @@ ConfigDict, the validation and the documentation are all read from those declara
 Where the defaults come from: temperature 3, two attempts, SGD with momentum 0.9 and a
 blur-and-threshold mask follow SCE-LITE-HQ's public configs; the step size, noise scale,
 proximity weights and mask threshold were chosen on the shipped Fashion-MNIST demo, and the
-goal probability, hole filling and spot rejection on both shipped demos (WORKSPACE.md,
+goal probability, hole filling and spot rejection on both shipped demos (docs/tuning.md,
 "Tuning the defaults"; the README's ablation tables).
 """
 
