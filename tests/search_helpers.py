@@ -13,7 +13,7 @@ import sce_jax
 from sce_jax.search import objectives, targets
 from sce_jax.search.config import SearchSettings
 from sce_jax.search.smoothing import StepInputs
-from tests.toy_models import greenish_images
+from tests.toy_models import greenish_images, weighted_colour_classifier
 
 
 def small_config(**overrides):
@@ -84,3 +84,24 @@ def uneven_inputs(n=7):
 def slot_config(**overrides):
     """noisy_search_config with dotted-key overrides (``mask.period=3``)."""
     return with_overrides(noisy_search_config(), **overrides)
+
+
+def two_reasons(**overrides):
+    """A classifier with a strong reason (block (0, 0)) and a weaker one (block (3, 3)),
+    images near its boundary, and a config whose mask narrows before attempt 1 succeeds."""
+    weights = np.zeros((16, 16), np.float32)
+    weights[0:4, 0:4] = 2.0
+    weights[12:16, 12:16] = 1.0
+    clf = weighted_colour_classifier(weights, scale=30.0)
+    x = greenish_images(2, seed=2)
+    x[..., 0] = x[..., 1] - 0.1
+    # The blocky toy images put each block's corner pixels in "empty background", so the
+    # spot rejection (tested in tests/search/test_mask_holes.py) would judge these edits by a share that sits
+    # at its threshold; these tests are about the lock alone.
+    overrides.setdefault("reject_background_spots", False)
+    config = small_config(steps=100, attempts=2, learning_rate=0.005, **overrides)
+    config.mask.blur_sigma = 0.5
+    config.mask.threshold = 0.6
+    config.mask.warmup_steps = 2
+    config.mask.period = 1
+    return clf, x, config

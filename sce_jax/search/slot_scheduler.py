@@ -45,6 +45,10 @@ MIN_CHUNK_STEPS = 4   # the default chunk is at least this long (a chunk boundar
 _encode = jax.jit(engine.encode, static_argnames=("models", "settings", "kind"))
 _take_rows = jax.jit(lambda tree, rows: jax.tree.map(lambda a: a[rows], tree))
 
+# The smallest state the CPU default shrinks to: a few idle rows cost less per step than a
+# compilation of one more state size costs once.
+MIN_SHRUNK_SLOTS = 4
+
 
 @dataclasses.dataclass
 class _Search:
@@ -117,8 +121,10 @@ class SlotScheduler:
       min_slots: once every search has started, the state is halved (its busy slots kept)
         whenever at most half of it is busy, down to this many slots, so the last searches
         do not drag idle slots along (one more compilation per size). Default: ``slots / 8``
-        on CPU, where a step costs in proportion to the slots; ``slots`` (never) on
-        accelerators, where a step of a full state costs about what a step of one slot does.
+        on CPU, where a step costs in proportion to the slots, but never below
+        :data:`MIN_SHRUNK_SLOTS` (a state that small costs less to step idle than to compile
+        again); ``slots`` (never) on accelerators, where a step of a full state costs about
+        what a step of one slot does.
       mesh: the slots are sharded over its ``data`` axis (one process only).
     """
 
@@ -137,7 +143,8 @@ class SlotScheduler:
         self.mesh = mesh
         self.slots = parallel.padded_size(slots, mesh)
         if min_slots is None:
-            min_slots = self.slots // 8 if jax.default_backend() == "cpu" else self.slots
+            min_slots = (max(self.slots // 8, min(self.slots, MIN_SHRUNK_SLOTS))
+                         if jax.default_backend() == "cpu" else self.slots)
         self.min_slots = parallel.padded_size(max(1, min_slots), mesh)
         self.work = SlotWork()
         self._encode = functools.partial(_encode, models=models, settings=settings, kind=kind)

@@ -207,7 +207,7 @@ def test_a_dead_process_ends_the_others_with_a_clean_error(run_fixtures, tmp_pat
     hooks.mkdir()
     # process 1 holds before its second batch's search; process 0 goes on and waits for it
     env = {1: helpers.worker_env(SCE_TEST_HOOK_DIR=str(hooks), SCE_TEST_BLOCK="search:2")}
-    procs = _start_processes(shared, str(tmp_path / "run"), [("--peer_timeout=20",)] * 2,
+    procs = _start_processes(shared, str(tmp_path / "run"), [("--peer_timeout=12",)] * 2,
                              env=env)
     helpers.wait_for_file(str(hooks / "blocked"), procs[1], TIMEOUT)
     procs[1].kill()

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sce_jax import Explainer, Generator
-from tests.search_helpers import small_config
-from tests.toy_models import FACTOR, MIX, greenish_images, weighted_colour_classifier
+from tests.search_helpers import two_reasons
+from tests.toy_models import FACTOR, MIX
 
 LEAK_GAIN = 10.0  # latent cell (3, 3) moves pixel block (0, 0) more than its own block
 
@@ -40,29 +40,8 @@ def leaky_generator() -> Generator:
                                     downsample=FACTOR, latent_channels=3, name="leaky")
 
 
-def _two_reasons(**overrides):
-    """A classifier with a strong reason (block (0, 0)) and a weaker one (block (3, 3)),
-    images near its boundary, and a config whose mask narrows before attempt 1 succeeds."""
-    weights = np.zeros((16, 16), np.float32)
-    weights[0:4, 0:4] = 2.0
-    weights[12:16, 12:16] = 1.0
-    clf = weighted_colour_classifier(weights, scale=30.0)
-    x = greenish_images(2, seed=2)
-    x[..., 0] = x[..., 1] - 0.1
-    # The blocky toy images put each block's corner pixels in "empty background", so the
-    # spot rejection (tested in test_mask_holes.py) would judge these edits by a share that sits
-    # at its threshold; these tests are about the lock alone.
-    overrides.setdefault("reject_background_spots", False)
-    config = small_config(steps=100, attempts=2, learning_rate=0.005, **overrides)
-    config.mask.blur_sigma = 0.5
-    config.mask.threshold = 0.6
-    config.mask.warmup_steps = 2
-    config.mask.period = 1
-    return clf, x, config
-
-
 def test_second_attempt_works_when_the_decoder_leaks_into_the_locked_area():
-    clf, x, config = _two_reasons()
+    clf, x, config = two_reasons()
     result = Explainer(leaky_generator(), clf, config).explain(x, targets=[1, 1])
     assert result.success.all(), result.prob_after
     first = np.any(result.image[:, 0] != x, axis=-1)
@@ -74,7 +53,7 @@ def test_second_attempt_works_when_the_decoder_leaks_into_the_locked_area():
 def test_without_the_lock_both_attempts_take_the_strong_reason():
     from tests.toy_models import toy_generator
 
-    clf, x, config = _two_reasons(lock=False)
+    clf, x, config = two_reasons(lock=False)
     result = Explainer(toy_generator(), clf, config).explain(x, targets=[1, 1])
     assert result.success.all(), result.prob_after
     for k in range(2):  # the same reason twice: what the lock exists to prevent

@@ -11,7 +11,7 @@ from sce_jax.data import image_io
 from sce_jax.search import config as search_config
 from sce_jax.search import objectives, smoothing
 from sce_jax.search.smoothing import StepInputs
-from tests.search_helpers import plain_objective, small_config
+from tests.search_helpers import plain_objective, small_config, two_reasons
 from tests.toy_models import (
     greenish_images,
     mean_colour_classifier,
@@ -165,18 +165,10 @@ def test_region_targeted_output_is_identical_outside_the_region(generator):
 
 
 def test_second_attempt_changes_a_region_disjoint_from_the_first(generator):
-    weights = np.zeros((16, 16), np.float32)
-    weights[0:4, 0:4] = 2.0   # a strong reason ...
-    weights[12:16, 12:16] = 1.0  # ... and a weaker one, far from it
-    clf = weighted_colour_classifier(weights, scale=30.0)
-    x = greenish_images(2, seed=2)
-    x[..., 0] = x[..., 1] - 0.1  # close to the boundary: either block alone can flip it
-    # small steps, so the mask has narrowed attempt 1 to the strong block before it succeeds
-    config = small_config(steps=100, attempts=2, learning_rate=0.005)
-    config.mask.blur_sigma = 0.5
-    config.mask.threshold = 0.6
-    config.mask.warmup_steps = 2
-    config.mask.period = 1
+    # a strong reason (block (0, 0)) and a weaker one far from it (block (3, 3)), images close
+    # to the boundary (either block alone can flip them), small steps so that the mask has
+    # narrowed attempt 1 to the strong block before it succeeds
+    clf, x, config = two_reasons()
     result = Explainer(generator, clf, config).explain(x, targets=[1, 1])
     assert result.success.all(), result.prob_after
     first = np.any(result.image[:, 0] != x, axis=-1)
