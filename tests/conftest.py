@@ -85,8 +85,8 @@ def single_torch_thread(request):
 
 
 # Modules by what they cost (end-to-end runs and subprocesses first), so that the workers
-# start on the long ones and the short ones fill in at the end (--dist=loadscope hands out
-# modules in this order).
+# start on the long ones and the short ones fill in at the end (--dist=loadscope with
+# --no-loadscope-reorder hands out modules in this order).
 LONG_FIRST = ("tests/runs/", "tests/launch/", "tests/demos/", "tests/search/",
               "tests/evaluation/", "tests/priors/", "tests/benchmarks/", "tests/test_readme.py",
               "tests/test_saving.py", "tests/models/")
