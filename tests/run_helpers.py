@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tests import ROOT
+
 EXPLAIN = os.path.join(ROOT, "scripts", "explain.py")
 TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds", "runs")  # differ run to run
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from sce_jax.assets import asset_path
-from tests import ROOT
 from sce_jax.models.checkpoint import load_model
+from tests import ROOT
 
 DEMOS = ("fashion_mnist", "squares")
 DATA = {"fashion_mnist": "test_subset.npz", "squares": "test_set.npz"}

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from sce_jax.launch import compilation_cache
-
 from tests import ROOT
+
 PROGRAM = """
 import sys, jax, jax.numpy as jnp
 from sce_jax.launch import compilation_cache

@@ -18,8 +18,8 @@ from sce_jax.priors.prompt_embeddings import (
     load_prompt_embeddings,
     save_prompt_embeddings,
 )
-
 from tests import ROOT
+
 SCRIPT = os.path.join(ROOT, "scripts", "encode_prompt.py")
 
 

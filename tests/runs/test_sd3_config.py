@@ -25,6 +25,7 @@ from tests.search_helpers import with_overrides  # noqa: E402
 pytestmark = pytest.mark.torch
 
 from tests import ROOT
+
 SD3_CONFIG = os.path.join(ROOT, "configs", "sd3.py")
 
 
