@@ -32,8 +32,9 @@ Exit codes:
     2   a problem with the inputs, the config or the workdir: one line ``error: ...`` on stderr,
         no traceback, stopped before any work (an unknown or invalid flag or config key, a data
         source or weights that cannot be used, a target the classifier does not have, a
-        read-only workdir); or a write that failed mid-run (a full disk): the batches already
-        completed are kept and rerunning the same command resumes
+        read-only workdir, a workdir another run is using: its run.lock names it); or a write
+        that failed mid-run (a full disk): the batches already completed are kept and rerunning
+        the same command resumes
     75  stopped by SIGTERM (preemption) or SIGINT (Ctrl-C) before the end, at any moment from
         the start: the batch in flight was finished and the manifest written; rerun the same
         command to resume (EX_TEMPFAIL: "try again"). A stop during the last batch leaves

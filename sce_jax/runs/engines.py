@@ -11,10 +11,13 @@ records that ``run.py`` writes as one part file):
   the skip records of the batches read so far. One process only.
 - ``"auto"``: ``"slots"`` in a single-process run, else ``"batch"``.
 
-Resume is unchanged: an example is done when a part file holds its records, and the slot
-engine commits an example only when all its attempts are over, so a kill loses at most the
-partial searches in the slots, which the next run redoes (randomness is keyed on the example,
-the target and the attempt: the redone search gives the same result).
+Resume: an example is done when a part file holds its records. The batch engine commits
+whole batches, so a resumed run's batches are the uninterrupted run's. The slot engine commits
+examples as they finish; a resumed run reads the same data batches as the first (the done
+examples included) and replays the done searches' schedule from their records' steps without
+computing them (:meth:`sce_jax.search.slot_scheduler.SlotScheduler.run_chunks`), so the
+searches it redoes run as they would have without the interruption: the same results, to
+the bit.
 """
 
 from __future__ import annotations
@@ -43,36 +46,43 @@ def batch_commits(batches: Iterable, explain_batch: Callable[[Any], list[dict]]
         yield explain_batch(batch)
 
 
-def slot_commits(batches: Iterable, scheduler, *, searches_of: Callable, write_results: Callable
-                 ) -> Iterator[list[dict]]:
+def slot_commits(batches: Iterable, scheduler, *, searches_of: Callable, write_results: Callable,
+                 replay: dict[int, list[list[int]]] | None = None) -> Iterator[list[dict]]:
     """Commits of the slot engine.
 
     Args:
-      batches: the data batches to explain.
+      batches: the data batches to explain (on resume: all of them, the done examples too).
       scheduler: a :class:`sce_jax.search.slot_scheduler.SlotScheduler`.
       searches_of: ``batch -> (skip records, searches or None)``; ``searches`` has ``arrays``
         (the prepared search batch), ``size``, ``rows`` (image row of each search), ``valid``.
       write_results: ``(explanation, searches, batch) -> records`` for the searches given
         (``searches.rows`` narrowed to the explanation's rows).
+      replay: the done examples: example id -> per search (in row order), the steps each
+        attempt used (:func:`replay_steps`; every done example is a key, a skipped one with
+        no searches). They are replayed, not computed or written.
     """
+    replay = replay or {}
     skipped: list[dict] = []
     owners: dict[int, tuple[Any, Any, list[int]]] = {}   # example id -> its batch and searches
 
     def blocks():
         for batch in batches:
             skips, searches = searches_of(batch)
-            skipped.extend(skips)
+            skipped.extend(r for r in skips if int(r["example_id"]) not in replay)
             if searches is None:
                 continue
             ids = np.asarray(batch.example_ids)
-            groups = []
+            groups, replays, seen = [], [], {}
             for j in range(searches.size):
                 i = searches.rows[j]
                 example_id = int(ids[i])
                 groups.append(example_id)
-                if searches.valid[i]:
+                done = replay.get(example_id)
+                n = seen[example_id] = seen.get(example_id, -1) + 1
+                replays.append(None if done is None else tuple(done[n]) if n < len(done) else ())
+                if searches.valid[i] and done is None:
                     owners.setdefault(example_id, (batch, searches, []))[2].append(j)
-            yield searches.arrays, groups
+            yield searches.arrays, groups, replays
 
     for finished in scheduler.run_chunks(blocks()):
         records, skipped[:] = list(skipped), []
@@ -82,3 +92,16 @@ def slot_commits(batches: Iterable, scheduler, *, searches_of: Callable, write_r
         yield records
     if skipped:
         yield list(skipped)
+
+
+def replay_steps(records: Iterable[dict]) -> dict[int, list[list[int]]]:
+    """The done examples' schedule from their records: example id -> per search (targets in
+    the order their records come), the steps of attempts 0, 1, ... (a skipped example: [])."""
+    steps: dict[int, dict[int, dict[int, int]]] = {}
+    for r in records:
+        steps.setdefault(int(r["example_id"]), {})
+        if r.get("status") == "ok":
+            per_target = steps.setdefault(int(r["example_id"]), {})
+            per_target.setdefault(int(r["target"]), {})[int(r["attempt"])] = int(r["steps"])
+    return {example_id: [[attempts[k] for k in sorted(attempts)] for attempts in targets.values()]
+            for example_id, targets in steps.items()}

@@ -13,6 +13,7 @@ from sce_jax.runs.memory_check import MemoryLimitError
 from sce_jax.search.config import SearchConfigError
 from sce_jax.workdir.inputs import InputSetChangedError
 from sce_jax.workdir.layout import ResumeConfigError, WorkdirReadError, WorkdirWriteError
+from sce_jax.workdir.lock import WorkdirBusyError
 
 
 class RunInputError(ValueError):
@@ -21,4 +22,4 @@ class RunInputError(ValueError):
 
 USER_ERRORS = (RunConfigError, SearchConfigError, RunInputError, WorkdirWriteError,
                WorkdirReadError, ResumeConfigError, InputSetChangedError, PeerFailedError,
-               MemoryLimitError)
+               MemoryLimitError, WorkdirBusyError)

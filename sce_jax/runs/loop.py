@@ -2,12 +2,18 @@
 
 ``explain_dataset(config, workdir)`` is what ``scripts/explain.py`` calls. The workdir's files,
 how each is written and read, and the resume check are :mod:`sce_jax.workdir`'s; this module
-orchestrates: check the inputs, record the run, explain batch by batch (each batch's images,
-then its part file), then assemble the manifest, ``results.csv``, ``summary.json``
+orchestrates: check the config, the inputs and the search's memory, then record the run
+(``run_config.json``, ``inputs.json``: the first write), explain batch by batch (each batch's
+images, then its part file), then assemble the manifest, ``results.csv``, ``summary.json``
 (:func:`sce_jax.metrics.summary.run_summary`, :mod:`sce_jax.workdir.throughput`) and the report.
 
-Resume: an example is done when a part file holds its records; a rerun skips those and
-finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
+One run per workdir: once the config is checked, process 0 takes the workdir's lock
+(:mod:`sce_jax.workdir.lock`) for the whole run, before anything of the workdir is read or
+written, so a second run on the same workdir stops with a user error.
+
+Resume: an example is done when a part file holds its records and every file they name exists
+(:mod:`sce_jax.workdir.committed_files`: otherwise it is explained again); a rerun skips those
+and finishes the rest, so the manifest never holds a duplicate or a half-written record. Validity
 is re-checked on the 8-bit images that are written. Every file is written to a temporary name
 and renamed, and a batch's part file is written after all of its images: a process killed at
 any point (even SIGKILL) leaves complete files only, plus at most some temporary ``.*.tmp``
@@ -22,8 +28,9 @@ complete); ``scripts/explain.py`` then exits with its documented code.
 Errors: a problem with the run's inputs (config, data source, weights, a target the classifier
 does not have, channels the models do not take, a search too large for the memory, a workdir
 that cannot be written, a resume with another config or input set) raises one of
-:data:`USER_ERRORS` before any work. A write that fails during the run (a full disk) raises :class:`WorkdirWriteError`;
-batches committed before it are kept and a rerun resumes after them.
+:data:`USER_ERRORS` before any work and before anything is written to the workdir. A write
+that fails during the run (a full disk) raises :class:`WorkdirWriteError`; batches committed
+before it are kept and a rerun resumes after them.
 
 Several processes (``sce_jax.launch.distributed``): process ``p`` of ``P`` explains the examples with
 ``id % P == p``; all run the same number of batches (padding with empty ones), each writes its
@@ -61,8 +68,10 @@ from sce_jax.runs.signals import RunState, install_stop_handlers, restore_handle
 from sce_jax.runs.targets import RUN_TARGET_KINDS
 from sce_jax.search.config import SearchConfigError, settings_from_config
 from sce_jax.search.slot_scheduler import SlotScheduler
+from sce_jax.workdir import committed_files
 from sce_jax.workdir import inputs as run_inputs
 from sce_jax.workdir import layout as workdir_files
+from sce_jax.workdir import lock as workdir_lock
 from sce_jax.workdir import throughput as run_throughput
 from sce_jax.workdir.layout import WorkdirWriteError  # noqa: F401  (part of the API)
 from sce_jax.workdir.record_names import named_fields
@@ -90,6 +99,7 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
     workdir = os.path.abspath(workdir)
     state = state or RunState()
     previous = install_stop_handlers(state)  # from here on SIGTERM never loses work
+    locks = []  # the workdir's lock, held by process 0 for all processes
     try:
         peers = Collectives(peer_timeout)
         given = json.loads(config.to_json_best_effort())
@@ -98,15 +108,25 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
         validate_run_config(config)
         config = resolve_target_class(config)  # a class name becomes its index, as recorded
         settings = settings_from_config(config.search)  # search config errors before any work
-        run, dataset = _open_run(config, workdir, settings, peers)
+        # One run per workdir: taken before anything of the workdir is read or written.
+        peers.together("the lock of the workdir", lambda: peers.process_index == 0 and
+                       locks.append(workdir_lock.acquire(workdir)), USER_ERRORS)
+        run, dataset, resumed = _open_run(config, workdir, settings, peers)
         plan = _plan(run, dataset, peers)
+        # Every check has passed (the memory check included): the run's first write.
+        _record_run(run, dataset, resumed, peers)
+        plan = _read_resume_state(run, dataset, plan, peers)
         return _explain(run, dataset, plan, state, peers)
     finally:
+        for held in locks:
+            held.release()
         restore_handlers(previous)
 
 
-def _open_run(config, workdir: str, settings, peers: Collectives) -> tuple[RunContext, Dataset]:
-    """Checks the workdir and the inputs on every process, then records the run (process 0).
+def _open_run(config, workdir: str, settings,
+              peers: Collectives) -> tuple[RunContext, Dataset, bool]:
+    """Checks the workdir and the inputs on every process, writing nothing; returns the run,
+    its data and whether the workdir holds records already (a resume).
 
     A problem on any process stops all of them, each with one message, before any work.
     (Loading the models is itself collective with several processes: all or none load.)
@@ -135,7 +155,20 @@ def _open_run(config, workdir: str, settings, peers: Collectives) -> tuple[RunCo
                 lambda a, b: f"it sees {b.split()[0]} inputs or another list, process 0 sees "
                              f"{a.split()[0]}; the workdir and data must be on a shared file system")
 
-    def record_run():  # the inputs are usable: now the workdir may be created
+    run = RunContext(config=config, workdir=workdir,
+                     explainer=Explainer(generator, classifier, settings, prior=prior),
+                     kind=RUN_TARGET_KINDS[config.targets.kind].search_kind,
+                     logits_jit=jax.jit(classifier.logits_fn), prior_context=context)
+    return run, dataset, resumed
+
+
+def _record_run(run: RunContext, dataset: Dataset, resumed: bool, peers: Collectives) -> None:
+    """Writes ``run_config.json`` and ``inputs.json`` (process 0), once every check passed:
+    the workdir is created here, so a run stopped by a check leaves nothing behind."""
+    workdir = run.workdir
+    current = json.loads(run.config.to_json_best_effort())
+
+    def record_run():
         workdir_files.check_writable(workdir, keep=True)
         try:
             workdir_files.write_run_record(workdir, current, dataset.source, dataset.sources,
@@ -145,11 +178,6 @@ def _open_run(config, workdir: str, settings, peers: Collectives) -> tuple[RunCo
 
     peers.together("recording the run", lambda: peers.process_index == 0 and record_run(),
                    USER_ERRORS)
-    run = RunContext(config=config, workdir=workdir,
-                     explainer=Explainer(generator, classifier, settings, prior=prior),
-                     kind=RUN_TARGET_KINDS[config.targets.kind].search_kind,
-                     logits_jit=jax.jit(classifier.logits_fn), prior_context=context)
-    return run, dataset
 
 
 @dataclasses.dataclass
@@ -170,17 +198,20 @@ class _Plan(NamedTuple):
 
 
 def _plan(run: RunContext, dataset: Dataset, peers: Collectives) -> _Plan:
-    """Reads the resume state, sizes the batches, chooses the engine and compiles the search
-    (too large a search stops here, before any work)."""
+    """Sizes the batches, chooses the engine and compiles the search, writing nothing (too
+    large a search stops here, before the run is recorded).
+
+    The examples left to do are read from the workdir as the resume will find them (the
+    committed ones whose files are all there): with none left, nothing is compiled.
+    """
     config = run.config
     try:
         engine = engines.resolve_engine(config.engine, peers.process_count)
     except ValueError as e:
         raise RunConfigError(str(e)) from None
-    done = workdir_files.finished_ids(run.workdir)
-    # Every process must see the same finished examples (they fix the batch count), so none
-    # may commit a batch before all have read them.
-    peers.barrier("resume state read")
+    records = workdir_files.read_part_records(run.workdir)
+    done = ({int(r["example_id"]) for r in records}
+            - set(committed_files.missing_files(run.workdir, records)))
     batch_size = preflight.batch_rows(config, dataset, peers.process_count)
     num_batches = data_lib.max_num_batches(dataset, batch_size,
                                            process_count=peers.process_count, skip_ids=done)
@@ -196,6 +227,21 @@ def _plan(run: RunContext, dataset: Dataset, peers: Collectives) -> _Plan:
             config, run.explainer, run.kind, batch_size, run.prior_context, scheduler),
             USER_ERRORS)
     return _Plan(done, batch_size, num_batches, scheduler)
+
+
+def _read_resume_state(run: RunContext, dataset: Dataset, plan: _Plan,
+                       peers: Collectives) -> _Plan:
+    """``plan`` with the finished examples and the batch count the resume works from, once an
+    example whose committed files are not all there any more is dropped (explained again)."""
+    peers.together("the check of the committed files", lambda: peers.process_index == 0 and
+                   committed_files.redo_incomplete(run.workdir), USER_ERRORS)
+    done = workdir_files.finished_ids(run.workdir)
+    # Every process must see the same finished examples (they fix the batch count), so none
+    # may commit a batch before all have read them.
+    peers.barrier("resume state read")
+    num_batches = data_lib.max_num_batches(dataset, plan.batch_size,
+                                           process_count=peers.process_count, skip_ids=done)
+    return plan._replace(done=done, num_batches=num_batches)
 
 
 def _explain(run: RunContext, dataset: Dataset, plan: _Plan, state: RunState,
@@ -221,14 +267,20 @@ def _explain(run: RunContext, dataset: Dataset, plan: _Plan, state: RunState,
         progress = Progress(todo * per_image, unit="counterfactuals")
         start = time.monotonic()
         in_batches = True
-        batches = data_lib.iterate_batches(
-            dataset, plan.batch_size, skip_ids=plan.done, process_index=process_index,
-            process_count=process_count, pad_to_num_batches=plan.num_batches)
         if plan.scheduler is not None:  # commits as examples finish (sce_jax/runs/engines.py)
+            # The batches of the first run, the done examples replayed (an exact resume).
+            batches = data_lib.iterate_batches(dataset, plan.batch_size,
+                                               skip_ids=plan.done if not todo else frozenset())
+            done = [r for r in workdir_files.read_part_records(workdir)
+                    if int(r["example_id"]) in plan.done]
             commits = engines.slot_commits(
                 batches, plan.scheduler, searches_of=lambda b: searches.batch_searches(b, run),
-                write_results=lambda result, s, b: searches.write_results(result, s, b, run))
+                write_results=lambda result, s, b: searches.write_results(result, s, b, run),
+                replay=engines.replay_steps(done))
         else:
+            batches = data_lib.iterate_batches(
+                dataset, plan.batch_size, skip_ids=plan.done, process_index=process_index,
+                process_count=process_count, pad_to_num_batches=plan.num_batches)
             commits = engines.batch_commits(batches, lambda b: searches.explain_batch(b, run))
         try:  # the generators are closed here, in this thread (their decode pool joins)
             _commit_all(commits, run, plan, state, peers, progress, counts)

@@ -20,6 +20,14 @@ A result is yielded only when every attempt of every search of its group is done
 consumer that writes what it receives never writes half an example; work on the slots when
 the consumer stops is simply dropped. ``work`` counts the example-steps computed
 (slots x steps of every chunk) and the useful ones (slots still searching).
+
+Resuming exactly. A slot's result is the same whatever its neighbours hold, but not, to the
+last bit, whatever its position and the state's size are (XLA tiles a batched op by its
+shape). A resumed run therefore replays the schedule of the run it continues: it is given
+the same blocks, with the steps each finished search used (its records), and a replayed
+attempt holds its slot for the chunks it held then without being computed; every other
+attempt then starts in the same slot, in the same chunk, beside the same state size as it
+would have without the interruption (:meth:`SlotScheduler.run_chunks`).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ class _Search:
     locked: np.ndarray
     references: tuple | None  # (K, ...) z_ref and D(z_ref) of each attempt (prior), else None
     attempts: list = dataclasses.field(default_factory=list)   # outcome rows, one per attempt
+    replay: tuple | None = None  # chunks each attempt took in an earlier run: not computed again
 
 
 @dataclasses.dataclass
@@ -157,24 +166,30 @@ class SlotScheduler:
         state = _take_rows(state, np.asarray(rows, np.int32))
         return jax.device_put(state, parallel.batch_sharding(self.mesh)) if self.mesh is not None else state
 
-    def _ingest(self, batch: Batch, groups, queue, table) -> None:
-        """Encodes a block and queues attempt 0 of each of its valid rows."""
-        enc = self._encode(self.params, batch)
-        refs = None
-        if self.settings.prior.active:
-            refs = jax.tree.map(parallel.local_rows, slot_search.references(
-                self.search, self.params, enc, batch.example_ids, batch.context))
-        enc = jax.tree.map(parallel.local_rows, enc)
+    def _ingest(self, batch: Batch, groups, replays, queue, table) -> None:
+        """Queues attempt 0 of each valid row of a block, encoding the block unless every
+        valid row is a replay (``replays[i]``: the chunks of each attempt, or None)."""
         host = jax.tree.map(parallel.local_rows, batch)
         valid = np.asarray(host.valid, bool)
         groups = list(groups)
+        replays = list(replays) if replays is not None else [None] * len(groups)
+        rows = np.flatnonzero(valid[:len(groups)])
+        enc = refs = None
+        if any(replays[i] is None for i in rows):
+            enc = self._encode(self.params, batch)
+            if self.settings.prior.active:
+                refs = jax.tree.map(parallel.local_rows, slot_search.references(
+                    self.search, self.params, enc, batch.example_ids, batch.context))
+            enc = jax.tree.map(parallel.local_rows, enc)
         members: dict[Hashable, list[_Search]] = collections.defaultdict(list)
-        for i in np.flatnonzero(valid[:len(groups)]):
-            s = _Search(group=groups[i], enc=_row(enc, i), example_id=int(host.example_ids[i]),
+        for i in rows:
+            s = _Search(group=groups[i], enc=None if enc is None else _row(enc, i),
+                        example_id=int(host.example_ids[i]),
                         region=np.asarray(host.regions[i], np.float32),
                         context=None if host.context is None else _row(host.context, i),
                         locked=np.zeros_like(host.regions[i], np.float32),
-                        references=None if refs is None else _row(refs, i))
+                        references=None if refs is None else _row(refs, i),
+                        replay=replay_chunks(replays[i], self.settings, self.search.chunk_steps))
             members[groups[i]].append(s)
             queue.append(s)
         for key, searches in members.items():
@@ -184,9 +199,10 @@ class SlotScheduler:
             table[key] = _Group(searches, len(searches))
 
     def _inputs(self, occupants) -> SlotInputs:
-        """Host arrays of every slot's attempt (free slots repeat a filled one: never run)."""
-        filled = [o for o in occupants if o is not None]
-        rows = [o if o is not None else filled[0] for o in occupants]
+        """Host arrays of every slot's attempt (free and replayed slots repeat a computed one:
+        never run)."""
+        filled = [o for o in occupants if o is not None and o[0].replay is None]
+        rows = [o if o is not None and o[0].replay is None else filled[0] for o in occupants]
         return SlotInputs(
             enc=_stack([s.enc for s, _ in rows]),
             example_ids=np.asarray([s.example_id for s, _ in rows], np.int32),
@@ -255,28 +271,36 @@ class SlotScheduler:
         for finished in self.run_chunks(blocks):
             yield from finished
 
-    def run_chunks(self, blocks: Iterable[tuple[Batch, Iterable[Hashable]]]
-                   ) -> Iterator[list[tuple[Hashable, Explanation]]]:
-        """As :meth:`run`, but one list per chunk that finished groups (to commit together)."""
+    def run_chunks(self, blocks: Iterable[tuple]) -> Iterator[list[tuple[Hashable, Explanation]]]:
+        """As :meth:`run`, but one list per chunk that finished groups (to commit together).
+
+        A block may come with a third item, ``replays``: per row, None, or the steps each
+        attempt of that search used in an earlier run of the same blocks (its records). Such a
+        search is not computed again: it holds its slot for as many chunks as it did then and
+        yields nothing, so every other search runs in the slot, beside the same state size
+        and from the same chunk as in that run (a resumed run computes what an uninterrupted
+        one did, to the bit).
+        """
         blocks = iter(blocks)
         attempts = self.settings.attempts
         queue: collections.deque = collections.deque()    # (search, attempt) to start
         table: dict[Hashable, _Group] = {}
         slot_of: list = [None] * self.slots                # (search, attempt) per slot
+        left = [0] * self.slots                            # chunks a replayed attempt still holds
         width = self.slots                                 # slots in the state now
         state = None
-        exhausted = False
+        exhausted = started = False                        # started: a chunk ran (or was replayed)
         while True:
             free = [i for i, o in enumerate(slot_of) if o is None]
             while len(queue) < len(free) and not exhausted:
                 try:
-                    batch, groups = next(blocks)
+                    batch, groups, *replays = next(blocks)
                 except StopIteration:
                     exhausted = True
                     break
                 new = collections.deque()
                 clock = time.perf_counter()
-                self._ingest(batch, groups, new, table)
+                self._ingest(batch, groups, replays[0] if replays else None, new, table)
                 self.work.seconds["encode"] += time.perf_counter() - clock
                 queue.extend((s, 0) for s in new)
             fill = np.zeros(width, bool)
@@ -284,46 +308,39 @@ class SlotScheduler:
                 if not queue:
                     break
                 slot_of[i] = queue.popleft()
-                fill[i] = True
+                search, k = slot_of[i]
+                fill[i] = search.replay is None
+                left[i] = 0 if search.replay is None else search.replay[k]
             busy = sum(o is not None for o in slot_of)
             if not busy:
                 return
-            while (exhausted and not queue and state is not None and busy <= width // 2
+            while (exhausted and not queue and started and busy <= width // 2
                    and self._can_halve(width)):
                 keep = [i for i, o in enumerate(slot_of) if o is not None]
                 keep += [i for i, o in enumerate(slot_of) if o is None][:width // 2 - len(keep)]
-                state = self._take(state, keep)
-                slot_of, fill, width = [slot_of[i] for i in keep], fill[keep], width // 2
+                if state is not None:
+                    state = self._take(state, keep)
+                slot_of, left = [slot_of[i] for i in keep], [left[i] for i in keep]
+                fill, width = fill[keep], width // 2
                 self.work.shrinks += 1
-            clock = time.perf_counter()
-            if fill.any():
-                new = self._place(self._inputs(slot_of))
-                if state is None:
-                    state = jax.tree.map(
-                        lambda s: self._place(np.zeros(s.shape, s.dtype)),
-                        self.search.state_shapes(self.params, new))
-                state = jax.block_until_ready(
-                    slot_search.begin(self.search, self.params, state, self._place(fill), new))
-                self.work.refills += int(fill.sum())
-            self.work.seconds["refill"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            state, work, finished, locked, outcome = slot_search.advance(self.search, self.params, state)
-            finished = parallel.local_rows(finished)
-            self.work.seconds["advance"] += time.perf_counter() - clock
-            self.work.chunks += 1
-            self.work.computed += width * int(work.iterations)
-            self.work.useful += int(work.useful)
+            finished, started = np.zeros(width, bool), True
+            if any(o is not None and o[0].replay is None for o in slot_of):
+                state, finished, locked, outcome = self._advance(state, slot_of, fill)
+            for i, o in enumerate(slot_of):
+                if o is not None and o[0].replay is not None:
+                    left[i] -= 1
+                    finished[i] = left[i] <= 0
             done_slots = [i for i in np.flatnonzero(finished) if slot_of[i] is not None]
             if not done_slots:
                 continue
             ready = []
             clock = time.perf_counter()
-            locked, outcome = jax.tree.map(parallel.local_rows, (locked, outcome))
             for i in done_slots:
                 search, k = slot_of[i]
                 slot_of[i] = None
-                search.attempts.append(_row(outcome, i))
-                search.locked = np.asarray(locked[i])
+                if search.replay is None:
+                    search.attempts.append(_row(outcome, i))
+                    search.locked = np.asarray(locked[i])
                 if k + 1 < attempts:
                     queue.appendleft((search, k + 1))
                     continue
@@ -331,10 +348,50 @@ class SlotScheduler:
                 group.pending -= 1
                 if group.pending == 0:
                     del table[search.group]
-                    ready.append((search.group, _group_explanation(group.searches)))
+                    if search.replay is None:
+                        ready.append((search.group, _group_explanation(group.searches)))
             self.work.seconds["harvest"] += time.perf_counter() - clock
             if ready:
                 yield ready
+
+    def _advance(self, state, slot_of, fill):
+        """Starts the attempts in ``fill`` and advances every slot one chunk; returns the
+        state, which slots' attempts are over, and every slot's lock and outcome (numpy)."""
+        clock = time.perf_counter()
+        if fill.any():
+            new = self._place(self._inputs(slot_of))
+            if state is None:
+                state = jax.tree.map(lambda s: self._place(np.zeros(s.shape, s.dtype)),
+                                     self.search.state_shapes(self.params, new))
+            state = jax.block_until_ready(
+                slot_search.begin(self.search, self.params, state, self._place(fill), new))
+            self.work.refills += int(fill.sum())
+        self.work.seconds["refill"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        state, work, finished, locked, outcome = slot_search.advance(self.search, self.params, state)
+        finished = np.array(parallel.local_rows(finished))
+        self.work.seconds["advance"] += time.perf_counter() - clock
+        self.work.chunks += 1
+        self.work.computed += len(slot_of) * int(work.iterations)
+        self.work.useful += int(work.useful)
+        locked, outcome = jax.tree.map(parallel.local_rows, (locked, outcome))
+        return state, finished, locked, outcome
+
+
+def replay_chunks(steps_used, settings, chunk_steps: int) -> tuple[int, ...] | None:
+    """The chunks each attempt of a search held its slot, from the steps its records hold.
+
+    An attempt that ended inside the loop at step ``t < steps`` (found, or not finite) ran
+    ``t + 1`` iterations; one that spent its budget ran ``steps``; a slot holds an attempt
+    for ``ceil(iterations / chunk_steps)`` chunks.
+    """
+    if steps_used is None:
+        return None
+    budget = int(settings.steps)
+    steps_used = list(steps_used)[:settings.attempts]
+    steps_used += [budget] * (settings.attempts - len(steps_used))  # unknown: the budget
+    iterations = [int(t) + 1 if int(t) < budget else budget for t in steps_used]
+    return tuple(max(1, -(-n // chunk_steps)) for n in iterations)
 
 
 def _group_explanation(searches: list[_Search]) -> Explanation:

@@ -6,6 +6,9 @@
 - :mod:`~sce_jax.workdir.records` and :mod:`~sce_jax.workdir.record_names`: one manifest
   record per (example, target, attempt), with class names and the goal in words;
 - :mod:`~sce_jax.workdir.example_files`: the PNGs of one explained image;
+- :mod:`~sce_jax.workdir.lock`: ``run.lock``, one run per workdir;
+- :mod:`~sce_jax.workdir.committed_files`: a resume's check that the committed records' files
+  exist (an example with a missing one is explained again);
 - :mod:`~sce_jax.workdir.results_table`, :mod:`~sce_jax.workdir.report`,
   :mod:`~sce_jax.workdir.throughput`: ``results.csv``, ``report.html`` and the summary's
   throughput over resumed invocations.

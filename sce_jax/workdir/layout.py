@@ -18,6 +18,7 @@ A workdir (``scripts/explain.py``, :func:`sce_jax.save_explanation`) holds::
     summary.json             SUMMARY: run-level figures (sce_jax.metrics.summary.run_summary)
                              and throughput (sce_jax.workdir.throughput)
     report.html              REPORT: the page a person reads (sce_jax.workdir.report)
+    run.lock                 LOCK: the run using the workdir, while it runs (sce_jax.workdir.lock)
     evaluation/              EVALUATION: scripts/evaluate.py's metrics.json (EVALUATION_METRICS),
                              counterfactuals.jsonl (EVALUATION_RECORDS) and PNG plots
 
@@ -55,6 +56,7 @@ MANIFEST = "manifest.jsonl"
 RESULTS_CSV = "results.csv"
 SUMMARY = "summary.json"
 REPORT = "report.html"
+LOCK = "run.lock"  # the running run's owner while it runs (sce_jax.workdir.lock)
 EVALUATION = "evaluation"
 EVALUATION_METRICS = "metrics.json"  # inside evaluation/, as the two below
 EVALUATION_RECORDS = "counterfactuals.jsonl"

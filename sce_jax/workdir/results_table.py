@@ -3,6 +3,13 @@
 Written with every run beside ``manifest.jsonl`` (one row per record: image x target x
 attempt, skipped inputs included with their reason). Columns: :data:`COLUMNS`; the class
 names and the goal in words come from :mod:`sce_jax.workdir.record_names`.
+
+RFC 4180 CSV in UTF-8: rows end in ``\r\n`` and a field is quoted when it holds a comma, a
+quote (doubled inside), ``\r`` or ``\n`` (``csv.QUOTE_MINIMAL`` quotes the characters of the
+line terminator; with ``\n`` alone a ``\r`` in a file name would stay bare and split its row
+for every reader). The bytes are written as they are, with no newline translation, so any CSV
+reader (``csv`` with ``newline=""``, pandas, a spreadsheet) reads back one row per record with
+the values written.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import io
 import os
 from typing import Any, Mapping, Sequence
 
+from sce_jax.data import image_io
 from sce_jax.workdir import layout as workdir_files
 
 COLUMNS = ("example_id", "source", "status", "reason", "label", "label_name", "prediction",
@@ -41,11 +49,13 @@ def results_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_results_csv(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
-    """Writes ``workdir/results.csv`` atomically; returns its path."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    """Writes ``workdir/results.csv`` atomically (see the module docstring); returns its path."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\r\n",
+                            quoting=csv.QUOTE_MINIMAL)
     writer.writeheader()
     writer.writerows(results_rows(records))
     path = os.path.join(workdir, workdir_files.RESULTS_CSV)
-    workdir_files.write_text(path, text.getvalue())
+    with image_io.atomic_write(path, "wb", fsync=True) as f:  # bytes: no newline translation
+        f.write(text.getvalue().encode("utf-8"))
     return path

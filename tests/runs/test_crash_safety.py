@@ -118,28 +118,39 @@ def test_killed_at_every_stage_then_resumed_equals_the_uninterrupted_run(setup, 
     _assert_same_as_reference(workdir, setup["reference"])
 
 
-def test_slot_engine_killed_before_a_commit_then_resumed_writes_each_example_once(setup, tmp_path):
-    """The slot engine commits whole examples as they finish: a run killed while its first
-    commit is held loses only the searches in flight, and the rerun writes every example once,
-    with the batch engine's decisions."""
-    workdir, hooks = str(tmp_path / "run"), tmp_path / "hooks"
-    slots = ["--config.engine=slots", "--config.slots=3"]
-    os.makedirs(hooks, exist_ok=True)
-    proc = helpers.start([f"--config={setup['config']}", f"--workdir={workdir}", *slots],
-                         {**setup["env"], "SCE_TEST_HOOK_DIR": str(hooks), "SCE_TEST_BLOCK": "part:2"})
-    _kill_when(proc, hooks / "blocked")
-    first = _committed_ids(workdir)
-    assert first and len(first) < 17            # one commit kept, the rest not
-    code, out, err = helpers.finish(helpers.start(
-        [f"--config={setup['config']}", f"--workdir={workdir}", *slots], setup["env"]), TIMEOUT)
+def test_slot_engine_killed_at_several_points_resumes_to_the_uninterrupted_bytes(setup, tmp_path):
+    """The slot engine commits examples as they finish; a run killed (SIGKILL) while a commit
+    is held loses the searches in flight, and the resumed run, which replays the finished
+    searches' schedule, writes the records and PNGs of a run never killed, to the bit."""
+    # 3 chunks per attempt; searches of different lengths: tests/search/test_slots.py
+    slots = ["--config.engine=slots", "--config.slots=3", "--config.search.steps=9"]
+
+    def run(workdir, hooks=None, block=None):
+        env = dict(setup["env"])
+        if hooks:
+            os.makedirs(hooks, exist_ok=True)
+            env.update(SCE_TEST_HOOK_DIR=str(hooks), SCE_TEST_BLOCK=block)
+        return helpers.start([f"--config={setup['config']}", f"--workdir={workdir}", *slots], env)
+
+    reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+    code, _, err = helpers.finish(run(reference), TIMEOUT)
     assert code == 0, err[-4000:]
-    records, expected = helpers.read_manifest(workdir), helpers.read_manifest(setup["reference"])
-    keys = ("example_id", "status", "target", "attempt", "steps", "success", "prediction_after")
-    assert [[r.get(k) for k in keys] for r in records] == [[r.get(k) for k in keys] for r in expected]
+    committed = []
+    for point in ("first", "second"):  # each run holds its second commit; killed there
+        _kill_when(run(workdir, tmp_path / point, "part:2"), tmp_path / point / "blocked")
+        committed.append(_committed_ids(workdir))
+    assert 0 < len(committed[0]) < len(committed[1]) < 17   # each kill kept some commits
+    code, out, err = helpers.finish(run(workdir), TIMEOUT)
+    assert code == 0, err[-4000:]
+    records, expected = helpers.read_manifest(workdir), helpers.read_manifest(reference)
+    assert records == expected
     ids = _committed_ids(workdir)
     assert {i: ids.count(i) for i in set(ids)} == {
         r["example_id"]: 1 if r["status"] == "skipped" else 2 for r in expected}
-    assert helpers.output_files(workdir) == helpers.output_files(setup["reference"])
+    assert helpers.output_files(workdir) == helpers.output_files(reference)
+    pixels, expected_pixels = helpers.read_pngs(workdir), helpers.read_pngs(reference)
+    for name, value in expected_pixels.items():
+        np.testing.assert_array_equal(pixels[name], value, err_msg=name)
 
 
 def _handles(proc, signum):
@@ -160,6 +171,7 @@ def test_sigint_finishes_the_batch_exits_75_and_the_rerun_completes(setup, tmp_p
     assert code == 75, err[-4000:]
     assert "stopped on request before the end; rerun the same command to resume" in err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not os.path.exists(os.path.join(workdir, "run.lock"))  # a stopped run gives it back
     # the batch in flight was committed, nothing after it was started
     assert _committed_ids(workdir) == [0, 0, 1, 1, 2, 2, 3]
     records = helpers.read_manifest(workdir)

@@ -125,3 +125,30 @@ def test_bad_slot_settings_are_refused(explainer):
         explainer.slot_scheduler("class", slots=0)
     with pytest.raises(ValueError, match="chunk_steps must be at least 1"):
         explainer.slot_scheduler("class", slots=2, chunk_steps=0)
+
+
+def test_a_replayed_schedule_gives_the_remaining_searches_the_same_bits(explainer):
+    """Resume: the searches already done are replayed from their steps (not computed), and
+    every other search runs in the same slot, chunk and state size as in the full run: the
+    same results to the bit, shrinking state included."""
+    images, _, ids = uneven_inputs(8)
+    targets = np.array([1, 0, 1, 1, 0, 1, 1, 0], np.int32)  # 0: reached at once
+    blocks = [explainer.prepare_batch(images[i:i + 2], targets[i:i + 2], kind="class",
+                                      example_ids=ids[i:i + 2])[0] for i in range(0, 8, 2)]
+    groups = [[int(ids[i]), int(ids[i + 1])] for i in range(0, 8, 2)]
+
+    def run(done=None):
+        scheduler = explainer.slot_scheduler("class", slots=4, chunk_steps=4, min_slots=1)
+        items = [(b, g) if done is None else (b, g, [done.get(k) for k in g])
+                 for b, g in zip(blocks, groups)]
+        return dict(scheduler.run(items)), scheduler.work
+
+    full, work = run()
+    assert work.shrinks >= 1 and len({r.steps.tolist()[0][0] for r in full.values()}) >= 3
+    done = {k: full[k].steps[0].tolist() for k in (100, 101, 103, 104)}  # in flight at a kill: 102
+    resumed, resumed_work = run(done)
+    assert sorted(resumed) == [k for k in sorted(full) if k not in done]
+    for key, got in resumed.items():
+        for name, value in got._asdict().items():
+            np.testing.assert_array_equal(value, getattr(full[key], name), err_msg=f"{name} of {key}")
+    assert resumed_work.useful < work.useful  # the replayed searches were not computed
