@@ -3,9 +3,9 @@
 Two kinds of cases, each with what a user must see (docs/distributed.md, "Bad inputs", lists them):
 
 - :func:`run_level_cases`: a data source, model, target, size, search value or workdir that
-  cannot work. Each is a change of the tiny run config; the run must stop before any work
-  with one of ``run.USER_ERRORS`` whose message matches (``scripts/explain.py``: ``error:``,
-  exit 2).
+  cannot work. Each is a change of the tiny run config; the run must stop before any work,
+  with nothing written to the workdir (no ``run_config.json``, no ``inputs.json``), with one
+  of ``run.USER_ERRORS`` whose message matches (``scripts/explain.py``: ``error:``, exit 2).
 - :func:`write_odd_folder`: files of one image folder; bad ones must become skip records
   with their reason, odd but valid ones must be explained.
 
@@ -47,7 +47,7 @@ def png_header_only(path: str, width: int, height: int) -> None:
 
 
 def write_odd_folder(folder: str) -> dict[str, Any]:
-    """15 files; returns {name: expected 8-bit grey original, or the start of the skip reason}.
+    """16 files; returns {name: expected 8-bit grey original, or the start of the skip reason}.
 
     The first 11 (``a_`` .. ``k_``) fill 6 batches of 2 in this order (tests rely on the ids).
     """
@@ -104,6 +104,9 @@ def write_odd_folder(folder: str) -> dict[str, Any]:
     expected["n_empty.png"] = "cannot decode image: "
     os.symlink(os.path.join(folder, "gone.png"), os.path.join(folder, "o_dangling.png"))
     expected["o_dangling.png"] = "file not found: "
+    # a FIFO under an image name is skipped unopened (reading it would wait forever)
+    os.mkfifo(os.path.join(folder, "p_fifo.png"))
+    expected["p_fifo.png"] = "not a regular file: "
     return expected
 
 
@@ -180,7 +183,7 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
              r"target 5 of .*one.png is out of range for 3 classes"),
         Case("CSV not UTF-8", {src: text("j.csv", b"path,target\n\xff\xfe,1\n", "wb")},
              r"cannot read CSV file"),
-        Case("negative limit", {"data.limit": -1}, r"limit=-1: expected >= 0"),
+        Case("negative limit", {"data.limit": -1}, r"data.limit=-1: must be in \[0, 2147483647\]"),
         # models
         Case("classifier checkpoint holds an autoencoder", {"classifier.checkpoint": checkpoints[0]},
              r"holds a AutoencoderKL, expected ResNet, DenseNet, SmallCNN"),
@@ -204,8 +207,26 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
         Case("RGB input for a grey classifier", {"classifier.channels": 3},
              r"the classifier .*clf \(SmallCNN\) cannot take 1-channel 16x16 images"),
         Case("two channels", {"data.channels": 2}, r"data.channels=2: must be 1 or 3"),
-        Case("batch size 0", {"batch_size": 0}, r"batch_size=0: must be >= 1"),
+        Case("batch size 0", {"batch_size": 0}, r"batch_size=0: must be in \[1, 2147483647\]"),
         Case("memory limit NaN", {"max_memory_gb": float("nan")}, r"max_memory_gb=nan: must be a finite"),
+        Case("a search larger than max_memory_gb", {"max_memory_gb": 1e-6},
+             r"needs about [0-9.e+-]+ GB of memory, more than 1e-06 GB \(max_memory_gb=1e-06\)"),
+        Case("classifier std 0", {"classifier.std": (0.0,)},
+             r"classifier.std=\(0.0,\): value 0 \(0.0\) must be > 0"),
+        Case("classifier std NaN", {"classifier.std": (float("nan"),)},
+             r"classifier.std=\(nan,\): value 0 \(nan\) must be a finite number > 0"),
+        Case("classifier mean for 2 channels", {"classifier.mean": (0.5, 0.5)},
+             r"classifier.mean=\(0.5, 0.5\): must be 1 value or one per channel, each finite "
+             r"\(the classifier's input has 1\); it holds 2"),
+        Case("classifier input size 0x0", {"classifier.input_size": (0, 0)},
+             r"classifier.input_size=\(0, 0\): value 0 \(0\) must be in \[1, 65536\]"),
+        Case("classifier of 2 channels", {"classifier.channels": 2},
+             r"classifier.channels=2: must be 0, 1 or 3"),
+        Case("image side beyond 65536", {"data.image_size": (70000, 16)},
+             r"data.image_size=\(70000, 16\): value 0 \(70000\) must be in \[1, 65536\]"),
+        Case("negative slots", {"slots": -1}, r"slots=-1: must be in \[0, 2147483647\]"),
+        Case("report of -1 examples", {"output.report_max_examples": -1},
+             r"output.report_max_examples=-1: must be in \[0, 2147483647\]"),
         # targets
         Case("target class out of range", {"targets.kind": "class", "targets.class_index": 3},
              r"target class 3 is out of range: "),
@@ -214,19 +235,28 @@ def run_level_cases(root: str, checkpoints: tuple[str, str]) -> list[Case]:
         Case("unknown target kind", {"targets.kind": "nearest"},
              r"unknown targets.kind 'nearest'; known: other, class, flip, all_others, csv"),
         # search values
-        Case("steps 0", {"search.steps": 0}, r"search config steps=0: must be >= 1"),
-        Case("attempts 0", {"search.attempts": 0}, r"search config attempts=0: must be >= 1"),
-        Case("negative learning rate", {"search.learning_rate": -1.0}, r"learning_rate=-1.0: must be >= 0"),
+        Case("steps 0", {"search.steps": 0}, r"search config steps=0: must be in \[1, 2147483647\]"),
+        Case("steps beyond the int32 step counter", {"search.steps": 3_000_000_000},
+             r"search config steps=3000000000: must be in \[1, 2147483647\]"),
+        Case("attempts 0", {"search.attempts": 0}, r"search config attempts=0: must be in \[1, "),
+        Case("negative learning rate", {"search.learning_rate": -1.0}, r"learning_rate=-1.0: must be > 0"),
+        Case("learning rate 0", {"search.learning_rate": 0.0}, r"learning_rate=0.0: must be > 0"),
+        Case("momentum 1", {"search.momentum": 1.0}, r"momentum=1.0: must be in \[0, 1\)"),
+        Case("sparsify above 1", {"search.sparsify": 1.5}, r"sparsify=1.5: must be in \[0, 1\]"),
+        Case("l2 beyond float32", {"search.l2": 1e39},
+             r"l2=1e\+39: must be a finite number >= 0 \(float32 holds up to 3.40282e\+38\)"),
         Case("NaN learning rate", {"search.learning_rate": float("nan")},
              r"learning_rate=nan: must be a finite number"),
         Case("infinite l2", {"search.l2": float("inf")}, r"l2=inf: must be a finite number"),
         Case("temperature 0", {"search.temperature": 0.0}, r"temperature=0.0: must be > 0"),
-        Case("no smoothing samples", {"search.smoothing.num_samples": 0}, r"num_samples=0: must be >= 1"),
+        Case("no smoothing samples", {"search.smoothing.num_samples": 0}, r"num_samples=0: must be in \[1, "),
         Case("negative smoothing sigma", {"search.smoothing.sigma": -1.0}, r"smoothing.sigma=-1.0: must be >= 0"),
         Case("unknown optimizer", {"search.optimizer": "rmsprop"}, r"optimizer='rmsprop': must be one of"),
         Case("unknown output mode", {"search.output_mode": "resid"}, r"output_mode='resid': must be one of"),
         Case("mask threshold above 1", {"search.mask.threshold": 2.0}, r"mask.threshold=2.0: must be in \[0, 1\]"),
-        Case("mask period 0", {"search.mask.period": 0}, r"mask.period=0: must be >= 1"),
+        Case("mask period 0", {"search.mask.period": 0}, r"mask.period=0: must be in \[1, "),
+        Case("mask blur wider than 4096 pixels", {"search.mask.blur_sigma": 5000.0},
+             r"mask.blur_sigma=5000.0: must be in \[0, 4096\]"),
     ]
 
 

@@ -7,8 +7,9 @@ or does not load) as one line ``error: ...`` on stderr with exit code 2 and no t
 ``--config`` of ``scripts/explain.py`` (and ``sce-jax-explain``) names a config file by path
 (``configs/squares.py``) or by the name of a shipped config (``squares``), optionally with an
 argument after a colon (``squares:tiny``). :func:`resolve_config_argv` finds the file and loads
-it once before ml_collections does, so a missing file, a syntax error (file and line) or an
-argument the config refuses is one clear line instead of a traceback.
+it once before ml_collections does, so a missing file, a syntax error (file and line), an
+argument the config refuses or a ``--config`` given twice is one clear line instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     """
     try:
         return flags.FLAGS(argv)
-    except SystemExit as e:
+    except SystemExit:
         if any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
             sys.exit(0)
         raise
@@ -147,15 +148,40 @@ def _where(e: BaseException, path: str, prefix: str = " at ") -> str:
     return f"{prefix}line {lines[-1]}" + (")" if prefix.endswith("(") else "")
 
 
+def config_values(argv: Sequence[str], flag: str = "config") -> list[str]:
+    """The values of every ``--config`` in ``argv`` (``--config=V``, ``--config V``, one dash
+    too, as absl takes them), in order; ``--config.KEY=VALUE`` overrides are not counted.
+    Arguments after ``--`` are positional, not flags."""
+    values = []
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        name, sep, value = arg.partition("=")
+        if name not in (f"--{flag}", f"-{flag}"):
+            continue
+        if sep:
+            values.append(value)
+        elif i + 1 < len(args):
+            values.append(args[i + 1])
+    return values
+
+
 def resolve_config_argv(argv: Sequence[str], flag: str = "config") -> list[str]:
     """``argv`` with ``--config=NAME[:arg]`` replaced by the checked path; exits 2 on a problem.
 
     Handles ``--config=VALUE`` and ``--config VALUE``; other arguments are kept as they are.
+    A ``--config`` given more than once is an error (absl would apply the overrides given
+    between them twice and fail with "defined twice", or silently keep the last file).
     With ``--help`` the config is not checked (help must always work).
     """
     argv = list(argv)
     if any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
         return argv
+    given = config_values(argv, flag)
+    if len(given) > 1:
+        times = "twice" if len(given) == 2 else f"{len(given)} times"
+        exit_with_error(f"--{flag} was given {times} ({', '.join(given)}); give it once")
     option = f"--{flag}"
     for i, arg in enumerate(argv):
         if i == 0:

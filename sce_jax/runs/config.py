@@ -8,7 +8,6 @@ with its meaning; ml_collections refuses keys that are not (a typo fails before 
 from __future__ import annotations
 
 import copy
-import math
 
 import ml_collections
 
@@ -17,6 +16,7 @@ from sce_jax.class_names import ClassNameError, class_index
 from sce_jax.classifier import HEADS
 from sce_jax.data.sources import DATA_SOURCES
 from sce_jax.models.registry import DIFFUSERS_PRIORS, DTYPE_NAMES, GENERATOR_KINDS
+from sce_jax.runs.config_ranges import range_problems
 from sce_jax.runs.engines import ENGINE_NAMES
 from sce_jax.runs.targets import RUN_TARGET_KINDS
 from sce_jax.search.config import default_search_config
@@ -98,7 +98,11 @@ class RunConfigError(ValueError):
 
 
 def validate_run_config(config: ml_collections.ConfigDict) -> None:
-    """Checks the values a run needs, with one clear message per problem."""
+    """Checks the values a run needs, with one clear message per problem.
+
+    Every numeric key is checked against its range (:mod:`sce_jax.runs.config_ranges`); the
+    ``search.*`` keys are checked by :func:`sce_jax.search.config.settings_from_config`.
+    """
     problems = []
 
     def check_name(registry, name: str) -> None:  # a name the registry does not hold
@@ -134,21 +138,11 @@ def validate_run_config(config: ml_collections.ConfigDict) -> None:
     if needs_class and config.targets.class_index < 0 and not config.targets.get("class_name"):
         problems.append(f"targets.kind={config.targets.kind!r} needs targets.class_index >= 0 "
                         "or targets.class_name")
-    if config.batch_size < 1:
-        problems.append(f"batch_size={config.batch_size}: must be >= 1")
     if config.engine not in ENGINE_NAMES:
         problems.append(f"engine={config.engine!r}: must be one of {ENGINE_NAMES}")
-    if config.slots < 0:
-        problems.append(f"slots={config.slots}: must be >= 0 (0: as many as a batch has)")
-    if config.chunk_steps < 0:
-        problems.append(f"chunk_steps={config.chunk_steps}: must be >= 0 (0: a multiple of "
-                        "search.mask.period)")
-    if not (math.isfinite(config.max_memory_gb) and config.max_memory_gb >= 0):
-        problems.append(f"max_memory_gb={config.max_memory_gb}: must be a finite number >= 0")
-    if config.data.channels not in (1, 3):
-        problems.append(f"data.channels={config.data.channels}: must be 1 or 3")
-    if len(tuple(config.data.image_size)) != 2:
-        problems.append(f"data.image_size={tuple(config.data.image_size)}: must be (height, width)")
+    # every numeric run key in its range (sce_jax/runs/config_ranges.py; search.* keys:
+    # sce_jax.search.config.settings_from_config)
+    problems.extend(range_problems(config))
     if problems:
         raise RunConfigError("the run config has problems:\n  " + "\n  ".join(problems))
 

@@ -5,7 +5,9 @@ its value after the config file and the command-line overrides, and the comment 
 the key where its default is set (:func:`sce_jax.runs.config.base_run_config` and each data
 source's ``options()``; a comment on the lines right after a key continues it), or, for
 ``search.*``, declared with the key (:func:`sce_jax.search.config.search_config_docs`). The
-comments are read from those places, so the documentation has one place.
+comments are read from those places, so the documentation has one place. A numeric key's
+comment ends with its allowed range (``allowed: in [1, 2147483647]``), read from
+:func:`sce_jax.runs.config_ranges.numeric_ranges`, the table the run is checked against.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ml_collections
 
 from sce_jax.data.sources import DATA_SOURCES
 from sce_jax.runs.config import base_run_config
+from sce_jax.runs.config_ranges import numeric_ranges
 from sce_jax.search.config import search_config_docs
 
 COMMENT_COLUMN = 48  # comments start here unless the key and value are longer
@@ -99,6 +102,7 @@ def flatten(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str =
 def describe(config: ml_collections.ConfigDict, *, flag: str = "config") -> str:
     """One line per key: ``--config.key=value  # comment`` (the form an override takes)."""
     comments = run_config_comments()
+    ranges = numeric_ranges()
     flat = flatten(config)
     rendered = {k: _render(v) for k, v in flat.items()}
     width = min(COMMENT_COLUMN, max((len(f"--{flag}.{k}={v}") for k, v in rendered.items()), default=0))
@@ -106,6 +110,8 @@ def describe(config: ml_collections.ConfigDict, *, flag: str = "config") -> str:
     for key, value in rendered.items():
         text = f"--{flag}.{key}={value}"
         comment = comments.get(key)
+        if key in ranges:
+            comment = (f"{comment}; " if comment else "") + f"allowed: {ranges[key].describe()}"
         lines.append(f"{text:<{width}}  # {comment}" if comment else text)
     return "\n".join(lines)
 

@@ -2,7 +2,8 @@
 
 XLA knows what a compiled program needs per device (``compiled.memory_analysis()``): its
 arguments, outputs and temporaries. The run compiles its search for the batch shape it will
-use (the same compilation the first batch then reuses) and compares
+use (the same compilation the first batch then reuses), before it writes anything to the
+workdir (``run_config.json`` comes after every check), and compares
 
     need = argument + output + temporary - aliased bytes        (per device)
 

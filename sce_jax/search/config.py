@@ -22,6 +22,7 @@ import math
 from typing import Any, Callable, Mapping
 
 import ml_collections
+import numpy as np
 
 OUTPUT_MODES = ("residual", "blend", "decoded")
 SMOOTHING_SPACES = ("pixel", "latent", "none")
@@ -35,27 +36,78 @@ class SearchConfigError(ValueError):
 
 Check = Callable[[str, Any], Any]   # (dotted name, given value) -> the value, or raises
 
+INT32_MAX = 2 ** 31 - 1   # the step counters, example ids and loop bounds of the search are int32
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the search computes in float32: beyond, inf
+PIXELS_MAX = 4096          # blur, border and margin widths (pixels, latent cells): beyond any image
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """A check: a finite number in ``[minimum, maximum]``, with an excluded end where ``above``
+    (``minimum`` excluded) or ``below`` (``maximum`` excluded); ``integer``: a whole number.
+
+    A float must also be what float32 holds (``|value| <= FLOAT32_MAX``): the search computes
+    in float32, where a larger value is infinite. :meth:`bounds` says the range in words, for
+    the error and for ``--print_config``.
+    """
+
+    minimum: float | None = 0.0
+    maximum: float | None = None
+    integer: bool = False
+    above: bool = False
+    below: bool = False
+
+    def bounds(self) -> str:
+        """The range: ``">= 1"``, ``"> 0"``, ``"in [0, 1]"``, ``"in [1, 2147483647]"`` ..."""
+        low, high = _written(self.minimum), _written(self.maximum)
+        if low is not None and high is not None:
+            return f"in {'(' if self.above else '['}{low}, {high}{')' if self.below else ']'}"
+        if low is not None:
+            return f"{'>' if self.above else '>='} {low}"
+        if high is not None:
+            return f"{'<' if self.below else '<='} {high}"
+        return ""
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (``"must be ..."``), or None when it is in range."""
+        kind = "whole number" if self.integer else "number"
+        bounds = (" " + self.bounds()).rstrip()
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            return f"must be a {kind}{bounds}"
+        if not math.isfinite(value):
+            return f"must be a finite {kind}{bounds}"
+        if not self.integer and abs(value) > FLOAT32_MAX:
+            return f"must be a finite number{bounds} (float32 holds up to {FLOAT32_MAX:g})"
+        if self.integer and value != int(value):
+            return f"must be a whole number{bounds}"
+        low, high = self.minimum, self.maximum
+        if low is not None and (value <= low if self.above else value < low):
+            return f"must be{bounds}"
+        if high is not None and (value >= high if self.below else value > high):
+            return f"must be{bounds}"
+        return None
+
+    def __call__(self, name: str, value: Any) -> Any:
+        problem = self.problem(value)
+        if problem:
+            raise SearchConfigError(f"search config {name}={value!r}: {problem}")
+        return int(value) if self.integer else float(value)
+
+
+def _written(bound: float | None) -> str | None:
+    """A bound as the error shows it: whole numbers in full (2147483647), others as ``%g``."""
+    if bound is None or isinstance(bound, int):
+        return None if bound is None else str(bound)
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e16 else f"{bound:g}"
+
 
 def number(minimum: float = 0.0, maximum: float | None = None, *, integer: bool = False,
-           above: bool = False) -> Check:
-    """A finite number in ``[minimum, maximum]`` (``(minimum, maximum]`` when ``above``)."""
-    def check(name: str, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SearchConfigError(f"search config {name}={value!r}: must be a number")
-        if not math.isfinite(value):
-            raise SearchConfigError(f"search config {name}={value!r}: must be a finite number")
-        if integer and value != int(value):
-            raise SearchConfigError(f"search config {name}={value!r}: must be a whole number")
-        value = int(value) if integer else float(value)
-        low_ok = value > minimum if above else value >= minimum
-        if not low_ok or (maximum is not None and value > maximum):
-            if maximum is not None:
-                bounds = f"in {'(' if above else '['}{minimum:g}, {maximum:g}]"
-            else:
-                bounds = f"{'>' if above else '>='} {minimum:g}"
-            raise SearchConfigError(f"search config {name}={value!r}: must be {bounds}")
-        return value
-    return check
+           above: bool = False, below: bool = False) -> Number:
+    """A finite number in ``[minimum, maximum]`` (see :class:`Number` for the excluded ends);
+    a whole number at most :data:`INT32_MAX` when ``integer`` and no maximum is given."""
+    if integer and maximum is None:
+        maximum = INT32_MAX
+    return Number(minimum, maximum, integer=integer, above=above, below=below)
 
 
 def choice(*options: str) -> Check:
@@ -116,14 +168,16 @@ class MaskSettings:
     enabled: bool = key(True, flag)
     warmup_steps: int = key(10, number(0, integer=True))
     period: int = key(5, number(1, integer=True))
-    blur_sigma: float = key(1.5, number(0.0), "pixels; Gaussian blur of the change map")
+    blur_sigma: float = key(1.5, number(0.0, PIXELS_MAX), "pixels; Gaussian blur of the change map")
     threshold: float = key(0.2, number(0.0, 1.0), "keep where blurred change / its max >= threshold")
     max_area: float = key(1.0, number(0.0, 1.0, above=True),
                           "at most this share of the image may change: the mask keeps the top of "
                           "the blurred change map (1: no cap)")
-    dilation: int = key(1, number(0, integer=True), "latent cells added around the mask")
-    soft_border: float = key(1.0, number(0.0), "pixels of soft border on the pixel mask (0: hard)")
-    lock_margin: int = key(0, number(0, integer=True),
+    dilation: int = key(1, number(0, PIXELS_MAX, integer=True),
+                        "latent cells added around the mask")
+    soft_border: float = key(1.0, number(0.0, PIXELS_MAX),
+                             "pixels of soft border on the pixel mask (0: hard)")
+    lock_margin: int = key(0, number(0, PIXELS_MAX, integer=True),
                            "pixels a successful attempt's change grows by when locked")
     fill_holes: bool = key(True, flag, "a mask that encloses pixels takes them in (an edit that "
                                        "rings a region may change its inside, e.g. recolour a "
@@ -159,7 +213,7 @@ class SearchSettings:
                            "success is judged on the image rounded to 8 bits, as it is written "
                            "(False: on the float image; a float stop at p = goal may read below "
                            "it once saved)")
-    boundary_margin: float = key(0.1, number(0.0),
+    boundary_margin: float = key(0.1, number(0.0, 1.0),
                                  "an original whose decision beats the target's probability by "
                                  'less than this is reported "near_boundary", not as an explanation')
     output_mode: str = key("residual", choice(*OUTPUT_MODES),
@@ -168,22 +222,24 @@ class SearchSettings:
         SmoothingSettings, "smoothed gradient: mean over num_samples Gaussian perturbations of "
                            "scale sigma")
     optimizer: str = key("sgd", choice(*OPTIMIZERS), f"({UPDATE})")
-    learning_rate: float = key(0.05, number(0.0), f"({UPDATE})")
-    momentum: float = key(0.9, number(0.0), "SGD only")
+    learning_rate: float = key(0.05, number(0.0, above=True), f"({UPDATE})")
+    momentum: float = key(0.9, number(0.0, 1.0, below=True),
+                          "SGD only; 1 or more never settles")
     normalize_gradient: bool = key(False, flag,
                                    "scale each example's latent gradient to unit L2 norm (the "
                                    "step length is the learning rate, its direction the "
                                    "gradient's: no stall where the classifier is confident)")
     clip_norm: float = key(0.0, number(0.0),
                            "per-example L2 clipping of the latent gradient (0: off)")
-    sparsify: float = key(0.0, number(0.0),
+    sparsify: float = key(0.0, number(0.0, 1.0),
                           "zero gradient entries with |g| < sparsify * max|g| (0: off)")
     prior: PriorSettings = group(
         PriorSettings, "generative prior: each step the classifier judges D(P(z)), P = noise to "
                        "`strength` and Euler back to t = 0 with the prior's velocity model "
                        "(see search/prior_step.py)")
     mask: MaskSettings = group(MaskSettings, "edit mask (sparsity)")
-    seed: int = key(0, number(-2 ** 63, integer=True), "the search's noise (with each example id)")
+    seed: int = key(0, number(-2 ** 63, 2 ** 63 - 1, integer=True),
+                    "the search's noise (with each example id)")
     progress_every: int = key(0, number(0, integer=True),
                               "steps between progress callbacks (0: none)")
 
@@ -213,6 +269,18 @@ def search_config_docs(settings: type = SearchSettings, prefix: str = "") -> dic
         else:
             docs[prefix + f.name] = f.metadata.get("doc", "")
     return docs
+
+
+def number_checks(settings: type = SearchSettings, prefix: str = "") -> dict[str, Number]:
+    """``{dotted key: its range}`` of every numeric key (for ``--print_config`` and the tests)."""
+    checks: dict[str, Number] = {}
+    for f in dataclasses.fields(settings):
+        nested = f.metadata.get("group")
+        if nested:
+            checks.update(number_checks(nested, f"{prefix}{f.name}."))
+        elif isinstance(f.metadata["check"], Number):
+            checks[prefix + f.name] = f.metadata["check"]
+    return checks
 
 
 def _freeze(settings: type, given: Mapping[str, Any], where: str) -> Any:

@@ -10,8 +10,8 @@ import pytest
 from sce_jax.launch import command_line
 from sce_jax.launch.config_files import load_config_module
 from sce_jax.runs import config_doc
-
 from tests import ROOT
+
 EXPLAIN = os.path.join(ROOT, "scripts", "explain.py")
 EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
 
@@ -109,6 +109,44 @@ def test_print_config_shows_overrides_and_comments_by_shipped_name(tmp_path):
     assert any(line.startswith("--config.targets.class_name=") and "by name" in line for line in lines)
     assert any(line.startswith("--config.data.image_size=(64,64)") for line in lines)
     assert not (tmp_path / "w").exists()
+
+
+def test_config_given_twice_is_one_error_line(tmp_path, capsys):
+    # the overrides between them made absl fail with "defined twice"; without any, the last
+    # file won silently
+    proc = _run(EXPLAIN, "--config=fashion_mnist:tiny", "--config.search.steps=3",
+                "--config", "squares:tiny", f"--workdir={tmp_path / 'w'}")
+    _one_error_line(proc, r"^error: --config was given twice \(fashion_mnist:tiny, squares:tiny\); "
+                          r"give it once$")
+    assert not (tmp_path / "w").exists()
+    assert command_line.config_values(
+        ["x", "--config", "a", "-config=b", "--config.search.steps=3", "--configs=c", "--",
+         "--config=d"]) == ["a", "b"]
+    with pytest.raises(SystemExit) as stopped:
+        command_line.resolve_config_argv(["x", "--config=squares", "--config=squares", "-config=x"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == ("error: --config was given 3 times (squares, squares, x); "
+                                       "give it once\n")
+    assert command_line.resolve_config_argv(["x", "--config=squares", "--help"])[1] == "--config=squares"
+
+
+def test_tiny_shrinks_every_shipped_demo(tmp_path):
+    """``:tiny`` is a seconds-long check whatever the demo tunes: 4 images, 5 steps, 2 samples."""
+    proc = _run(EXPLAIN, "--config=squares:tiny", "--print_config", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines if line.startswith("--config.search.steps=")] == [
+        "--config.search.steps=5"]
+    ablation = load_config_module(os.path.join(ROOT, "configs", "ablation.py"))
+    configs = {f"{demo}:tiny": load_config_module(os.path.join(ROOT, "configs", f"{demo}.py"))
+               .get_config("tiny") for demo in ("fashion_mnist", "squares")}
+    configs.update({f"ablation:{v},{demo}tiny": ablation.get_config(f"{v},{demo}tiny")
+                    for v in ablation.VARIANTS for demo in ("", "squares,")})
+    for name, config in configs.items():
+        assert (config.search.steps, config.search.smoothing.num_samples, config.data.limit) == (
+            5, 2, 4), name
+    full = load_config_module(os.path.join(ROOT, "configs", "squares.py")).get_config()
+    assert full.search.steps == 150 and configs["squares:tiny"].search.sparsify == full.search.sparsify
 
 
 def test_config_by_name_path_and_argument():

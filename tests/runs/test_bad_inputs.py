@@ -1,7 +1,7 @@
 """Bad inputs at the run and command-line level: what a user sees, and that nothing is lost.
 
-- one bad image (truncated, corrupt, not an image, a decompression bomb) is skipped with its
-  reason in the manifest; odd but valid files (grey, RGBA, palette, 16-bit, CMYK, 1x1,
+- one bad image (truncated, corrupt, not an image, a decompression bomb, a FIFO) is skipped
+  with its reason in the manifest; odd but valid files (grey, RGBA, palette, 16-bit, CMYK, 1x1,
   500x300) are explained like any other;
 - a bad run-level input (data, weights, targets, config keys, workdir) stops before any work
   with one clear message: through ``scripts/explain.py``, exit code 2 and ``error: ...`` on
@@ -95,7 +95,7 @@ def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs,
         committed, key=lambda r: (r["example_id"], r["target"], r["attempt"]))
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
-    assert summary["complete"] and summary["num_images"] == 15 and summary["num_skipped"] == 7
+    assert summary["complete"] and summary["num_images"] == 16 and summary["num_skipped"] == 8
 
     # odd but valid files are explained; bad ones are skipped with their reason
     by_name = {}
@@ -123,7 +123,10 @@ def _assert_stops_before_work(config, workdir, message):
         f.write("kept")
     with pytest.raises(run.USER_ERRORS, match=message):
         run.explain_dataset(config, workdir)
-    assert sorted(os.listdir(workdir)) == ["notes.txt"]  # no work, nothing overwritten
+    # nothing written (no run_config.json, inputs.json, run.lock, parts/), nothing overwritten
+    assert sorted(os.listdir(workdir)) == ["notes.txt"]
+    with open(os.path.join(workdir, "notes.txt")) as f:
+        assert f.read() == "kept"
 
 
 def test_bad_run_level_inputs_stop_before_any_work(inputs, tmp_path):
@@ -199,7 +202,8 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
         ([f"--compilation_cache={tmp_path / 'a_file' / 'cache'}"], "compilation cache"),
         (["--config.targets.kind=class", "--config.targets.class_index=7"], "out of range"),
         (["--process_id=1"], "--process_id/--coordinator_address without --num_processes"),
-        (["--config.search.steps=0"], "search config steps=0: must be >= 1"),
+        (["--config.search.steps=3000000000"],
+         "search config steps=3000000000: must be in [1, 2147483647]"),
         (["--config.search.learning_rate=nan"], "search config learning_rate=nan: must be a finite number"),
         (["--peer_timeout=0"], "--peer_timeout=0.0: must be a number of seconds > 0"),
     ]

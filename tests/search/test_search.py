@@ -235,11 +235,11 @@ def test_config_errors_name_the_problem():
                                 ("temperature", float("inf"), "must be a finite number"),
                                 ("smoothing", {"sigma": float("nan")}, r"smoothing.sigma=nan"),
                                 ("mask", {"threshold": float("-inf")}, r"mask.threshold=-inf"),
-                                ("steps", 0, r"steps=0: must be >= 1"),
-                                ("attempts", 0, r"attempts=0: must be >= 1"),
-                                ("learning_rate", -1.0, r"learning_rate=-1.0: must be >= 0"),
+                                ("steps", 0, r"steps=0: must be in \[1, 2147483647\]"),
+                                ("attempts", 0, r"attempts=0: must be in \[1, "),
+                                ("learning_rate", -1.0, r"learning_rate=-1.0: must be > 0"),
                                 ("temperature", 0.0, r"temperature=0.0: must be > 0"),
-                                ("smoothing", {"num_samples": 0}, r"num_samples=0: must be >= 1"),
+                                ("smoothing", {"num_samples": 0}, r"num_samples=0: must be in \[1, "),
                                 ("optimizer", "rmsprop", r"optimizer='rmsprop': must be one of")]:
         with pytest.raises(search_config.SearchConfigError, match=message):
             search_config.settings_from_config({key: value})
