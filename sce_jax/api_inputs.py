@@ -9,6 +9,10 @@ marks that example as failed and explains the others). Integer images (``uint8``
 are refused rather than converted: whether 255 or 65535 means white is the caller's
 knowledge, and silently reading 0..255 as intensities gives meaningless counterfactuals. The
 message says how to convert (``images.astype(np.float32) / 255``).
+
+A stream (:meth:`sce_jax.Explainer.explain_stream`) is stacked a block at a time; an image or
+region of another shape than the stream's first is named by its position in the stream
+(:func:`stacked_stream_rows`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,25 @@ def checked_images(images: Any) -> np.ndarray:
         hint = " (0..255 pixel values? divide by 255)" if high > 1.0 and high <= 255.0 else ""
         raise ValueError(f"images must lie in [0, 1]; their values span [{low:.4g}, {high:.4g}]{hint}")
     return array
+
+
+def stacked_stream_rows(name: str, rows: Sequence[Any], start: int,
+                        expected: dict[str, tuple[int, ...]]) -> np.ndarray:
+    """Stacks one block of a stream's per-image arrays (``rows[i]`` is item ``start + i``).
+
+    Every item must have the shape of the stream's first, remembered in ``expected[name]``
+    across blocks; another shape is a ValueError naming its index in the stream, its shape and
+    the expected one (instead of numpy's "all input arrays must have the same shape").
+    """
+    arrays = [np.asarray(r) for r in rows]
+    want = expected.setdefault(name, tuple(arrays[0].shape))
+    for i, array in enumerate(arrays):
+        if tuple(array.shape) != want:
+            item = name[:-1] if name.endswith("s") else name
+            raise ValueError(f"{name}: the {item} at index {start + i} of the stream has shape "
+                             f"{tuple(array.shape)}; expected {want}, the shape of the stream's "
+                             f"first {item} (all of a stream's {name} have one shape)")
+    return np.stack(arrays)
 
 
 def per_example(name: str, values: Any, batch: int, dtype) -> np.ndarray:

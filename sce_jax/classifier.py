@@ -14,21 +14,63 @@ Heads and what a target means (see :mod:`sce_jax.search.targets`):
   class but the given one.
 - ``"multilabel"`` (one sigmoid per output, binary attributes included): a target is an
   attribute index, and the search flips that attribute's decision.
+
+The output's shape is checked where it is known, when the function is traced (once per
+compilation; eagerly, on each call, for free): images (N, H, W, C) must give logits
+(N, num_outputs). A function returning another shape raises :class:`ClassifierOutputError`
+naming it and both shapes, instead of every search failing quietly (too few logits) or an
+indexing error deep inside the search (a rank-1 output).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sce_jax.data.geometry import convert_channels
 from sce_jax.search.targets import HEADS, Head  # noqa: F401  (Head: part of this module's API)
 
 Array = jax.Array
+
+
+class ClassifierOutputError(ValueError):
+    """A classifier's logits have another shape than (N images, num_outputs)."""
+
+
+def _function_name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _checked_logits_fn(fn: Callable, num_outputs: int, name: str) -> Callable:
+    """``fn`` with its output shape checked against (images' leading axes, num_outputs).
+
+    The check reads static shapes only, so under ``jax.jit`` it runs when the function is
+    traced; an already checked function is re-wrapped from its original (for
+    ``dataclasses.replace`` with another ``num_outputs``).
+    """
+    fn = getattr(fn, "unchecked_logits_fn", fn)
+
+    def logits_fn(params, images):
+        out = fn(params, images)
+        leading = tuple(np.shape(images)[:-3])  # (N,), or () for one image under jax.vmap
+        expected = leading + (num_outputs,)
+        got = tuple(np.shape(out))
+        if got != expected:
+            raise ClassifierOutputError(
+                f"the classifier {name!r} (function {_function_name(fn)}) returned logits of "
+                f"shape {got} for images of shape {tuple(np.shape(images))}; expected "
+                f"{expected}: one row of num_outputs={num_outputs} logits per image")
+        return out
+
+    functools.update_wrapper(logits_fn, fn)
+    logits_fn.unchecked_logits_fn = fn
+    return logits_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +103,8 @@ class Classifier:
     """Logits of [0, 1] images, over explicit parameters, with its head type.
 
     Attributes:
-      logits_fn: ``(params, images) -> logits (N, num_outputs)``, preprocessing included.
+      logits_fn: ``(params, images) -> logits (N, num_outputs)``, preprocessing included; kept
+        wrapped in the output-shape check (the given function: ``logits_fn.unchecked_logits_fn``).
       params: the parameters (NNX state for the ported networks).
       head: ``"multiclass"`` or ``"multilabel"``.
       num_outputs: number of classes or attributes.
@@ -83,6 +126,10 @@ class Classifier:
             raise ValueError(HEADS.problem(self.head))
         if self.class_names is not None and len(self.class_names) != self.num_outputs:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_outputs} outputs")
+        if int(self.num_outputs) < 1:
+            raise ValueError(f"num_outputs={self.num_outputs}: a classifier has at least 1 output")
+        object.__setattr__(self, "logits_fn",
+                           _checked_logits_fn(self.logits_fn, int(self.num_outputs), self.name))
 
     def logits(self, images: Array) -> Array:
         return self.logits_fn(self.params, images)
@@ -130,7 +177,11 @@ class Classifier:
                       head: str = "multiclass", num_outputs: int,
                       features_fn: Callable[[Any, Array], Array] | None = None,
                       class_names: Sequence[str] | None = None, name: str = "classifier") -> "Classifier":
-        """Wraps any JAX function ``(params, images in [0, 1]) -> logits``."""
+        """Wraps any JAX function ``(params, images in [0, 1]) -> logits (N, num_outputs)``.
+
+        The logits' shape is checked when ``fn`` is first traced (see the module docstring):
+        another shape raises :class:`ClassifierOutputError` naming ``fn.__qualname__``.
+        """
         return cls(fn, params, head, int(num_outputs), features_fn,
                    tuple(class_names) if class_names is not None else None, name)
 

@@ -216,15 +216,17 @@ class Explainer:
         scheduler = self.slot_scheduler(kind, slots=slots, chunk_steps=chunk_steps)
 
         def blocks():
-            start = 0
+            start, shapes = 0, {}
             while block := list(itertools.islice(rows, scheduler.slots)):
                 size = len(block)
                 block += block[:1] * (scheduler.slots - size)  # one shape: padding never runs
                 image, target, ids, region = zip(*block)
                 batch, _ = self.prepare_batch(
-                    np.stack(image), None if targets is None else list(target), kind=kind,
+                    api_inputs.stacked_stream_rows("images", image, start, shapes),
+                    None if targets is None else list(target), kind=kind,
                     example_ids=np.asarray(ids, np.int32),
-                    regions=None if regions is None else np.stack(region),
+                    regions=None if regions is None else api_inputs.stacked_stream_rows(
+                        "regions", region, start, shapes),
                     valid=np.arange(len(block)) < size,
                     context=None if context is None else jax.tree.map(lambda a: np.asarray(a)[:1], context))
                 yield batch, range(start, start + size)

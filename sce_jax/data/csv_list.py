@@ -13,7 +13,14 @@ import os
 from typing import Sequence
 
 from sce_jax.class_names import ClassNameError, class_index, needs_names
-from sce_jax.data.dataset import NO_LABEL, DataError, Dataset, read_file_image, read_region
+from sce_jax.data.dataset import (
+    NO_LABEL,
+    DataError,
+    Dataset,
+    check_source_file,
+    read_file_image,
+    read_region,
+)
 
 CSV_REQUIRED_COLUMNS = ("path", "target")
 CSV_OPTIONAL_COLUMNS = ("region", "label")
@@ -70,8 +77,7 @@ def _csv_target(value: str, line: int, path: str, class_names: Sequence[str] | N
 
 
 def _read_csv_rows(path: str, class_names: Sequence[str] | None = None) -> list[dict]:
-    if not os.path.isfile(path):
-        raise DataError(f"CSV file {path} does not exist")
+    check_source_file(path, "CSV file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             table = list(csv.reader(f))

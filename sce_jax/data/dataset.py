@@ -8,13 +8,17 @@ Every example has a stable global ``example_id`` (its index in the source's orde
 
 Errors: a problem with the run's input as a whole raises :class:`DataError` before any work;
 a problem with one example (a corrupt or truncated file, a non-image with an image extension,
-an unreadable file, a bad region mask, NaN pixels) makes it a :class:`SkipRecord` with the
-reason: one bad image never stops a run, whatever the source.
+an unreadable file, a FIFO, socket or device under an image's name, a bad region mask, NaN
+pixels) makes it a :class:`SkipRecord` with the reason: one bad image never stops a run,
+whatever the source. A path that is not a regular file is never opened (reading a FIFO would
+wait for a writer forever): :mod:`sce_jax.data.image_io` checks its kind first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from typing import AbstractSet, Any, Mapping, Sequence
 
 import ml_collections
@@ -27,6 +31,22 @@ NO_LABEL = -1  # in label and target arrays: none given
 
 class DataError(ValueError):
     """The run's input as a whole cannot be used (raised before any work)."""
+
+
+def check_source_file(path: str, what: str) -> None:
+    """Raises :class:`DataError` unless ``path`` is a regular file: missing, a folder, or a
+    FIFO, socket or device (never opened: reading a FIFO would wait for a writer forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{what} {path} is a folder, not a file")
+    kind = image_io.special_file_kind(mode)
+    if kind:
+        raise DataError(f"{what} {path} is {kind}, not a regular file; it was not opened")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +106,9 @@ def read_file_image(path: str) -> np.ndarray:
         return image_io.read_image(path)
     except FileNotFoundError:
         raise ExampleProblem(f"file not found: {path}") from None
+    except image_io.NotRegularFileError as e:
+        raise ExampleProblem(f"not a regular file: {e.path} is {e.kind}; it was not opened"
+                             ) from None
     except OSError as e:  # a directory, no permission, I/O error
         raise ExampleProblem(f"cannot read file: {e}") from None
     except image_io.ImageDecodeError as e:
@@ -97,6 +120,9 @@ def read_region(path: str, image_hw: tuple[int, int]) -> np.ndarray:
         mask = image_io.read_mask(path)
     except FileNotFoundError:
         raise ExampleProblem(f"region mask not found: {path}") from None
+    except image_io.NotRegularFileError as e:
+        raise ExampleProblem(f"region mask is not a regular file: {e.path} is {e.kind}; it was "
+                             "not opened") from None
     except OSError as e:
         raise ExampleProblem(f"cannot read region mask: {e}") from None
     except image_io.ImageDecodeError as e:

@@ -15,7 +15,11 @@ C = 1 (grey) or 3 (RGB), whatever the file's mode:
 - a multi-frame file (GIF, TIFF) gives its first frame.
 
 A file that cannot be decoded raises :class:`ImageDecodeError` with the reason; the data
-pipeline turns it into a skip record rather than stopping a run.
+pipeline turns it into a skip record rather than stopping a run. A path that is not a regular
+file (a FIFO, a socket, a device) raises :class:`NotRegularFileError` without being opened:
+reading a FIFO would wait for a writer forever, a device may never end. The kind is checked
+with ``os.stat`` before opening and again with ``fstat`` on the descriptor, opened
+non-blocking, so a file swapped for a FIFO in between cannot block either.
 
 Writing (:func:`write_png`) quantises to 8 bits (:func:`to_uint8`: ``round(clip(x, 0, 1) * 255)``)
 and replaces the destination atomically (a temporary file in the same folder, then
@@ -33,8 +37,10 @@ original; the square root keeps changes of a tenth of the maximum visible).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from typing import IO, Iterator
 
 import numpy as np
@@ -58,6 +64,46 @@ _CONVERT_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")
 
 class ImageDecodeError(ValueError):
     """A file that is not a decodable image (the message says why)."""
+
+
+class NotRegularFileError(OSError):
+    """A path to a FIFO, a socket or a device: never opened (``kind`` says which)."""
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(f"{path} is {kind}, not a regular file; it was not opened")
+        self.path, self.kind = path, kind
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_kind(mode: int) -> str:
+    """What an ``st_mode`` is in words when it is neither a regular file nor a folder, else ""."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "a special file")
+
+
+def _open_regular(path: str) -> IO[bytes]:
+    """Opens a regular file for reading; a FIFO, socket or device is refused unopened."""
+    mode = os.stat(path).st_mode  # follows links: a dangling one raises FileNotFoundError
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    if special_file_kind(mode):
+        raise NotRegularFileError(path, special_file_kind(mode))
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | nonblocking))
+    try:
+        kind = special_file_kind(os.fstat(f.fileno()).st_mode)
+        if kind:  # replaced between the two looks
+            raise NotRegularFileError(path, kind)
+        if nonblocking:
+            os.set_blocking(f.fileno(), True)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _with_alpha_on_white(pixels: np.ndarray) -> np.ndarray:
@@ -108,13 +154,15 @@ def image_to_array(image: Image.Image) -> np.ndarray:
 
 def _open_decoded(path: str) -> Image.Image:
     """Opens and fully decodes the first frame, with EXIF orientation applied."""
+    f = _open_regular(path)
     try:
-        with Image.open(path) as image:
+        with f, Image.open(f) as image:
             image.seek(0)
             image.load()
             return ImageOps.exif_transpose(image)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
+    except Image.UnidentifiedImageError:  # its message would name the file object
+        raise ImageDecodeError(f"UnidentifiedImageError: cannot identify image file {path!r}"
+                               ) from None
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on corrupt data
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
 
@@ -124,6 +172,7 @@ def read_image(path: str) -> np.ndarray:
 
     Raises:
       FileNotFoundError, IsADirectoryError, PermissionError: the file cannot be read.
+      NotRegularFileError: a FIFO, socket or device (an ``OSError``), left unopened.
       ImageDecodeError: the file is not a decodable image (corrupt, truncated, not an image).
     """
     return image_to_array(_open_decoded(path))

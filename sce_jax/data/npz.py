@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from sce_jax.data import image_io
-from sce_jax.data.dataset import NO_LABEL, DataError, Dataset, ExampleProblem
+from sce_jax.data.dataset import NO_LABEL, DataError, Dataset, ExampleProblem, check_source_file
 
 
 class NpzDataset(Dataset):
@@ -58,8 +58,7 @@ class NpzDataset(Dataset):
 
 def _read_npz(path: str, images_key: str, labels_key: str | None
               ) -> tuple[np.ndarray, np.ndarray | None]:
-    if not os.path.isfile(path):
-        raise DataError(f"npz file {path} does not exist")
+    check_source_file(path, "npz file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = list(npz.keys())

@@ -18,6 +18,7 @@ from absl import logging
 
 from sce_jax import data as data_lib
 from sce_jax import parallel
+from sce_jax.classifier import ClassifierOutputError
 from sce_jax.explainer import Explainer
 from sce_jax.runs import memory_check
 from sce_jax.runs.errors import RunInputError
@@ -74,6 +75,8 @@ def check_channels(config, generator, classifier) -> None:
     image = jax.ShapeDtypeStruct((1,) + size + (channels,), jnp.float32)
     try:
         jax.eval_shape(classifier.logits_fn, classifier.params, image)
+    except ClassifierOutputError as e:  # it takes the images but gives other logits
+        raise RunInputError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - a shape error deep inside the network
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RunInputError(

@@ -48,6 +48,26 @@ def test_results_csv_has_the_main_columns(tmp_path):
     assert rows[1]["pixel_l1"] == ""
 
 
+def test_results_csv_quotes_line_breaks_separators_and_quotes(tmp_path):
+    names = ["cr\rname.png", "lf\nname.png", "crlf\r\nname.png", "comma,name.png",
+             'quote"name.png', ' spaced "both", \r\n\r.png ']
+    records = [_record(example_id=i, source=f"/data/{n}") for i, n in enumerate(names)]
+    records.append({"example_id": 6, "status": "skipped", "source": "/data/x\r.png",
+                    "reason": 'cannot decode image: "bad"\rline, two', "target": -1})
+    path = results_table.write_results_csv(str(tmp_path), records)
+    with open(path, "rb") as f:
+        raw = f.read()
+    assert raw.count(b"\r\n") >= len(records) + 1 and b'"/data/cr\rname.png"' in raw
+    with open(path, newline="", encoding="utf-8") as f:
+        table = list(csv.reader(f))
+    assert len(table) == len(records) + 1 and table[0] == list(results_table.COLUMNS)
+    expected = results_table.results_rows(records)
+    assert [dict(zip(table[0], row)) for row in table[1:]] == [
+        {c: str(v) for c, v in row.items()} for row in expected]
+    assert [row[1] for row in table[1:]] == [f"/data/{n}" for n in names] + ["/data/x\r.png"]
+    assert table[-1][3] == 'cannot decode image: "bad"\rline, two'
+
+
 def test_a_rerun_without_work_keeps_the_throughput_of_the_runs_that_did_it(tmp_path):
     first = run_throughput.carry_over(None, {"elapsed_seconds": 20.0, "flip_rate": 0.5}, produced=40)
     assert first["counterfactuals_per_second"] == pytest.approx(2.0)
