@@ -189,6 +189,18 @@ def wait_for_file(path: str, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def snapshot(workdir: str) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``workdir`` (relative path): its bytes and modification time, to show
+    that a stopped run wrote nothing."""
+    found = {}
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, workdir)] = (f.read(), os.stat(path).st_mtime_ns)
+    return found
+
+
 def read_manifest(workdir: str) -> list[dict[str, Any]]:
     """The records of a run's ``manifest.jsonl``."""
     from sce_jax.workdir import layout as workdir_files

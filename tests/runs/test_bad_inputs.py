@@ -47,17 +47,6 @@ def inputs(tmp_path_factory, tiny_checkpoints):
             "folder": folder, "expected": corpus.write_odd_folder(folder)}
 
 
-def _snapshot(workdir):
-    """(bytes, mtime) of every file of the workdir."""
-    found = {}
-    for r, _, names in os.walk(workdir):
-        for n in names:
-            path = os.path.join(r, n)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, workdir)] = (f.read(), os.stat(path).st_mtime_ns)
-    return found
-
-
 def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs, shared, tmp_path):
     workdir = str(tmp_path / "run")
     args = [f"--config={shared['config']}", f"--config.data.source={inputs['folder']}",
@@ -72,7 +61,7 @@ def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs,
     assert message.endswith(f"The 2 batch(es) this run completed are kept in {workdir}; fix the "
                             "problem and rerun the same command to resume")
 
-    before = _snapshot(workdir)
+    before = helpers.snapshot(workdir)
     parts = sorted(k for k in before if k.startswith("parts"))
     assert len(parts) == 2  # batches 1 and 2 committed, batch 3 not
     committed = [json.loads(line) for p in parts for line in before[p][0].decode().splitlines()]
@@ -83,7 +72,7 @@ def test_full_disk_mid_run_keeps_what_was_written_then_odd_images_finish(inputs,
 
     code, _, err = helpers.finish(helpers.start(args, shared["env"]), TIMEOUT)
     assert code == 0, err[-4000:]
-    after = _snapshot(workdir)
+    after = helpers.snapshot(workdir)
     kept = ("parts",) + tuple(os.path.join("images", f"{i:07d}") for i in range(4))
     for name, (content, mtime) in before.items():  # the committed batches were left alone
         if name.startswith(kept):

@@ -37,21 +37,10 @@ def _run(setup, workdir, *flags):
         [f"--config={setup['config']}", f"--workdir={workdir}", *flags], setup["env"]), TIMEOUT)
 
 
-def _snapshot(workdir):
-    """Every file under ``workdir``: its bytes and modification time."""
-    found = {}
-    for root, _, names in os.walk(workdir):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, workdir)] = (f.read(), os.stat(path).st_mtime_ns)
-    return found
-
-
 def test_a_second_run_on_a_busy_workdir_stops_at_once_and_writes_nothing(setup, tmp_path):
     workdir = _copy_of_reference(setup, tmp_path)
     with workdir_lock.acquire(workdir):  # a run of this host, alive: this test's process
-        before = _snapshot(workdir)
+        before = helpers.snapshot(workdir)
         code, out, err = _run(setup, workdir, "--config.search.steps=4")  # another config
         assert code == 2, err[-4000:]
         owner = json.loads(before[layout.LOCK][0])
@@ -61,7 +50,7 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once_and_writes_nothing(setup, 
                           f"{owner['command']}); wait for it to end or stop it, or choose "
                           "another --workdir"], err[-4000:]
         assert "Traceback" not in err and "loading the models" not in err and out == ""
-        assert _snapshot(workdir) == before  # not a byte written, the lock left to its owner
+        assert helpers.snapshot(workdir) == before  # not a byte written, the lock left to its owner
     assert not os.path.exists(os.path.join(workdir, layout.LOCK))
 
 
