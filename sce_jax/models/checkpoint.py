@@ -13,6 +13,7 @@ constructor ``cls(config, *, rngs, dtype=..., param_dtype=...)``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -71,6 +72,16 @@ def read_model_meta(directory: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
+@functools.lru_cache(maxsize=32)
+def _abstract_model(cls: type, config, *, dtype=jnp.float32, param_dtype=jnp.float32):
+    """The graph and the parameter shapes of ``cls(config)``, traced once per class, config and
+    dtypes: tracing a model's constructor costs about as much as restoring its weights, and a
+    process often loads the same model again (every run of a notebook, the evaluation)."""
+    kwargs = {} if dtype == jnp.float32 and param_dtype == jnp.float32 else dict(
+        dtype=dtype, param_dtype=param_dtype)
+    return nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), **kwargs)))
+
+
 def load_model(directory: str | os.PathLike, *, expect: type | tuple[type, ...] | None = None,
                dtype=jnp.float32, param_dtype=jnp.float32) -> nnx.Module:
     """Loads a checkpoint written by :func:`save_model`.
@@ -90,8 +101,7 @@ def load_model(directory: str | os.PathLike, *, expect: type | tuple[type, ...] 
             names = ", ".join(c.__name__ for c in expected)
             raise CheckpointError(f"{directory}: holds a {cls.__name__}, expected {names}")
     config = config_from_dict(cls.config_class, meta["config"], what=f"{directory}/{MODEL_FILE}")
-    abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
+    graphdef, abstract_state = _abstract_model(cls, config)
     # Every process restores a whole copy onto its own first device. Without a sharding,
     # orbax would use the one recorded at save time (the saving process's device), which
     # another process of a multi-process run cannot address ("topology mismatch").
@@ -105,9 +115,7 @@ def load_model(directory: str | os.PathLike, *, expect: type | tuple[type, ...] 
                               f"{cls.__name__} of this config ({type(e).__name__}: {e})") from None
     model = nnx.merge(graphdef, state)
     if dtype != jnp.float32 or param_dtype != jnp.float32:
-        rebuilt = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0), dtype=dtype,
-                                             param_dtype=param_dtype))
-        graphdef, _ = nnx.split(rebuilt)
+        graphdef, _ = _abstract_model(cls, config, dtype=dtype, param_dtype=param_dtype)
         state = jax.tree.map(lambda x: x.astype(param_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                              nnx.state(model))
         model = nnx.merge(graphdef, state)
