@@ -27,6 +27,15 @@ file system; each explains the examples with ``id % num_processes == process_id`
 ``--cpu_devices_per_process=N`` splits each process's CPU into N devices (testing and CPU
 clusters). With no distributed flag and no cluster environment the run is one process.
 
+Independent tasks (a job array, a Kubernetes Indexed Job, Cloud Run/Batch tasks): each task
+explains one shard into its own workdir, with no coordination, and ``scripts/merge.py`` joins
+them into one workdir, as a one-process run would have written it (sce_jax.runs.shards):
+
+    python scripts/explain.py --shard=0/3 --workdir=/shared/shard0    # ... 1/3, 2/3
+    sbatch --array=0-2 --wrap="python scripts/explain.py --shard=auto \
+        --workdir=/shared/shard\$SLURM_ARRAY_TASK_ID"
+    python scripts/merge.py --workdirs='/shared/shard*' --workdir=/shared/run
+
 Exit codes:
     0   the run is complete (every example has its counterfactuals or a recorded skip reason)
     2   a problem with the inputs, the config or the workdir: one line ``error: ...`` on stderr,
@@ -73,6 +82,7 @@ if os.path.isdir(os.path.join(ROOT, "sce_jax")):
 from sce_jax.launch import command_line, compilation_cache, distributed
 from sce_jax.runs import collectives  # noqa: E402  (imports jax; starts no backend)
 from sce_jax.runs import loop as run
+from sce_jax.runs import shards
 from sce_jax.workdir import layout as workdir_files  # noqa: E402
 
 EXIT_COMPLETE = 0
@@ -122,6 +132,11 @@ flags.DEFINE_integer("cpu_devices_per_process", None,
 flags.DEFINE_float("peer_timeout", run.DEFAULT_PEER_TIMEOUT_S,
                    "Multi-process runs: seconds to wait for the other processes at start-up and "
                    "at every exchange; a process missing that long ends the run (exit code 69).")
+flags.DEFINE_string("shard", None,
+                    "Explain one shard of the inputs as an independent task, into its own "
+                    "--workdir: I/N (the examples with id % N == I), or auto (auto/N) for the "
+                    "task index of a SLURM array, a Kubernetes Indexed Job or Cloud Run/Batch. "
+                    "Join the shards' workdirs with scripts/merge.py.")
 flags.DEFINE_string("compilation_cache", None,
                     "Folder for JAX's persistent compilation cache: a rerun, a resumed run and "
                     "every process of a multi-process run then load the compiled search instead "
@@ -148,6 +163,10 @@ def main(argv):
             compilation_cache.enable(FLAGS.compilation_cache)
         except compilation_cache.CompilationCacheError as e:
             return _error(e)
+    try:
+        shard = shards.parse(FLAGS.shard)
+    except shards.ShardError as e:
+        return _error(e)
     if not FLAGS.peer_timeout > 0:
         return _error(f"--peer_timeout={FLAGS.peer_timeout}: must be a number of seconds > 0")
     try:  # before anything runs a JAX operation
@@ -155,7 +174,7 @@ def main(argv):
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
             FLAGS.cpu_devices_per_process, initialization_timeout=FLAGS.peer_timeout)
         summary = run.explain_dataset(FLAGS.config, FLAGS.workdir, state=run.RunState(stop=STOP),
-                                      peer_timeout=FLAGS.peer_timeout)
+                                      peer_timeout=FLAGS.peer_timeout, shard=shard)
     except run.USER_ERRORS + (distributed.DistributedSetupError,) as e:  # all processes stop...
         if getattr(e, "alone", False):  # ...except a write failed mid-run on this one only
             return _leave_without_peers(_error(e))

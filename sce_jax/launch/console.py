@@ -38,3 +38,8 @@ def explain() -> None:
 def evaluate() -> None:
     """``sce-jax-evaluate``: scripts/evaluate.py."""
     _run("evaluate")
+
+
+def merge() -> None:
+    """``sce-jax-merge``: scripts/merge.py."""
+    _run("merge")

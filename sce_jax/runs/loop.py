@@ -64,6 +64,7 @@ from sce_jax.runs.config import RunConfigError, resolve_target_class, validate_r
 from sce_jax.runs.context import RunContext
 from sce_jax.runs.errors import USER_ERRORS, RunInputError  # noqa: F401  (part of the API)
 from sce_jax.runs.progress import Progress, announce
+from sce_jax.runs.shards import Shard
 from sce_jax.runs.signals import RunState, install_stop_handlers, restore_handlers
 from sce_jax.runs.targets import RUN_TARGET_KINDS
 from sce_jax.search.config import SearchConfigError, settings_from_config
@@ -72,6 +73,7 @@ from sce_jax.workdir import committed_files
 from sce_jax.workdir import inputs as run_inputs
 from sce_jax.workdir import layout as workdir_files
 from sce_jax.workdir import lock as workdir_lock
+from sce_jax.workdir import shard_record
 from sce_jax.workdir import throughput as run_throughput
 from sce_jax.workdir.layout import WorkdirWriteError  # noqa: F401  (part of the API)
 from sce_jax.workdir.record_names import named_fields
@@ -83,8 +85,12 @@ DEFAULT_PEER_TIMEOUT_S = 600.0
 
 def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
                     state: RunState | None = None,
-                    peer_timeout: float = DEFAULT_PEER_TIMEOUT_S) -> dict[str, Any]:
+                    peer_timeout: float = DEFAULT_PEER_TIMEOUT_S,
+                    shard: Shard | None = None) -> dict[str, Any]:
     """Explains every example of ``config.data.source``; resumable. Returns the summary.
+
+    With a ``shard`` (one process only), only that shard's examples, into a workdir of its own
+    (:mod:`sce_jax.runs.shards`); its summary is ``complete`` once they all have records.
 
     The summary's ``complete`` is False when the run stopped on request (SIGTERM, SIGINT)
     before every example had a record; rerunning with the same config and workdir finishes it.
@@ -102,6 +108,9 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
     locks = []  # the workdir's lock, held by process 0 for all processes
     try:
         peers = Collectives(peer_timeout)
+        if shard is not None and peers.process_count > 1:
+            raise RunConfigError(f"--shard={shard} runs as one process, this run has "
+                                 f"{peers.process_count}: a shard is an independent task")
         given = json.loads(config.to_json_best_effort())
         peers.agree("config", json.dumps(given, sort_keys=True), lambda a, b: "differs in: " +
                     ", ".join(differing_keys(json.loads(a), json.loads(b))))
@@ -111,10 +120,10 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
         # One run per workdir: taken before anything of the workdir is read or written.
         peers.together("the lock of the workdir", lambda: peers.process_index == 0 and
                        locks.append(workdir_lock.acquire(workdir)), USER_ERRORS)
-        run, dataset, resumed = _open_run(config, workdir, settings, peers)
-        plan = _plan(run, dataset, peers)
+        run, dataset, resumed = _open_run(config, workdir, settings, peers, shard)
+        plan = _plan(run, dataset, peers, shard)
         # Every check has passed (the memory check included): the run's first write.
-        _record_run(run, dataset, resumed, peers)
+        _record_run(run, dataset, resumed, peers, shard)
         plan = _read_resume_state(run, dataset, plan, peers)
         return _explain(run, dataset, plan, state, peers)
     finally:
@@ -123,8 +132,8 @@ def explain_dataset(config: ml_collections.ConfigDict, workdir: str, *,
         restore_handlers(previous)
 
 
-def _open_run(config, workdir: str, settings,
-              peers: Collectives) -> tuple[RunContext, Dataset, bool]:
+def _open_run(config, workdir: str, settings, peers: Collectives,
+              shard: Shard | None) -> tuple[RunContext, Dataset, bool]:
     """Checks the workdir and the inputs on every process, writing nothing; returns the run,
     its data and whether the workdir holds records already (a resume).
 
@@ -147,6 +156,7 @@ def _open_run(config, workdir: str, settings,
         records = workdir_files.read_part_records(workdir)
         if records:
             workdir_files.check_resume(workdir, current, dataset.source, dataset.sources, records)
+            shard_record.check_same_shard(workdir, shard and shard.as_record())
         return generator, classifier, prior, context, dataset, bool(records)
 
     generator, classifier, prior, context, dataset, resumed = peers.together(
@@ -162,7 +172,8 @@ def _open_run(config, workdir: str, settings,
     return run, dataset, resumed
 
 
-def _record_run(run: RunContext, dataset: Dataset, resumed: bool, peers: Collectives) -> None:
+def _record_run(run: RunContext, dataset: Dataset, resumed: bool, peers: Collectives,
+                shard: Shard | None) -> None:
     """Writes ``run_config.json`` and ``inputs.json`` (process 0), once every check passed:
     the workdir is created here, so a run stopped by a check leaves nothing behind."""
     workdir = run.workdir
@@ -173,6 +184,7 @@ def _record_run(run: RunContext, dataset: Dataset, resumed: bool, peers: Collect
         try:
             workdir_files.write_run_record(workdir, current, dataset.source, dataset.sources,
                                            resumed=resumed)
+            shard_record.write_shard_record(workdir, shard and shard.as_record())
         except OSError as e:
             raise workdir_files.write_failed(e, workdir, 0) from e
 
@@ -195,14 +207,17 @@ class _Plan(NamedTuple):
     batch_size: int                   # data rows per batch and process
     num_batches: int                  # batches every process runs (padding with empty ones)
     scheduler: SlotScheduler | None   # the slot engine's, or None for the batch engine
+    split: tuple[int, int]            # (index, count): this task's examples, id % count == index
 
 
-def _plan(run: RunContext, dataset: Dataset, peers: Collectives) -> _Plan:
+def _plan(run: RunContext, dataset: Dataset, peers: Collectives, shard: Shard | None) -> _Plan:
     """Sizes the batches, chooses the engine and compiles the search, writing nothing (too
     large a search stops here, before the run is recorded).
 
     The examples left to do are read from the workdir as the resume will find them (the
-    committed ones whose files are all there): with none left, nothing is compiled.
+    committed ones whose files are all there): with none left, nothing is compiled. A shard
+    searches in the one-process run's shapes (its batch size, its slots), so that its records
+    are that run's.
     """
     config = run.config
     try:
@@ -213,8 +228,8 @@ def _plan(run: RunContext, dataset: Dataset, peers: Collectives) -> _Plan:
     done = ({int(r["example_id"]) for r in records}
             - set(committed_files.missing_files(run.workdir, records)))
     batch_size = preflight.batch_rows(config, dataset, peers.process_count)
-    num_batches = data_lib.max_num_batches(dataset, batch_size,
-                                           process_count=peers.process_count, skip_ids=done)
+    split = tuple(shard) if shard is not None else (peers.process_index, peers.process_count)
+    num_batches = _num_batches(dataset, batch_size, split, done)
     searches_per_batch = batch_size * RUN_TARGET_KINDS[config.targets.kind].searches_per_image(
         run.classifier.num_outputs)
     scheduler = (run.explainer.slot_scheduler(run.kind, slots=int(config.slots) or searches_per_batch,
@@ -226,7 +241,16 @@ def _plan(run: RunContext, dataset: Dataset, peers: Collectives) -> _Plan:
         peers.together("the memory check", lambda: preflight.check_search_memory(
             config, run.explainer, run.kind, batch_size, run.prior_context, scheduler),
             USER_ERRORS)
-    return _Plan(done, batch_size, num_batches, scheduler)
+    return _Plan(done, batch_size, num_batches, scheduler, split)
+
+
+def _num_batches(dataset: Dataset, batch_size: int, split: tuple[int, int], done) -> int:
+    """The batches every process runs: the most of any process, for processes in lockstep;
+    a shard's own."""
+    if split[1] > 1 and jax.process_count() == 1:  # a shard: no one to keep pace with
+        return data_lib.num_batches(dataset, batch_size, process_index=split[0],
+                                    process_count=split[1], skip_ids=done)
+    return data_lib.max_num_batches(dataset, batch_size, process_count=split[1], skip_ids=done)
 
 
 def _read_resume_state(run: RunContext, dataset: Dataset, plan: _Plan,
@@ -239,16 +263,14 @@ def _read_resume_state(run: RunContext, dataset: Dataset, plan: _Plan,
     # Every process must see the same finished examples (they fix the batch count), so none
     # may commit a batch before all have read them.
     peers.barrier("resume state read")
-    num_batches = data_lib.max_num_batches(dataset, plan.batch_size,
-                                           process_count=peers.process_count, skip_ids=done)
-    return plan._replace(done=done, num_batches=num_batches)
+    return plan._replace(done=done, num_batches=_num_batches(dataset, plan.batch_size, plan.split, done))
 
 
 def _explain(run: RunContext, dataset: Dataset, plan: _Plan, state: RunState,
              peers: Collectives) -> dict[str, Any]:
     """Explains the remaining examples, commit by commit, then writes the run's outputs."""
     config, workdir = run.config, run.workdir
-    process_index, process_count = peers.process_index, peers.process_count
+    process_index, process_count = plan.split  # a process's or a shard's share
     remaining = dataset.shard_ids(process_index, process_count, plan.done)
     todo = int(remaining.size)
     per_image = RUN_TARGET_KINDS[config.targets.kind].searches_per_image(
@@ -270,6 +292,8 @@ def _explain(run: RunContext, dataset: Dataset, plan: _Plan, state: RunState,
         if plan.scheduler is not None:  # commits as examples finish (sce_jax/runs/engines.py)
             # The batches of the first run, the done examples replayed (an exact resume).
             batches = data_lib.iterate_batches(dataset, plan.batch_size,
+                                               process_index=process_index,
+                                               process_count=process_count,
                                                skip_ids=plan.done if not todo else frozenset())
             done = [r for r in workdir_files.read_part_records(workdir)
                     if int(r["example_id"]) in plan.done]
@@ -291,7 +315,7 @@ def _explain(run: RunContext, dataset: Dataset, plan: _Plan, state: RunState,
         # all parts written before anyone assembles (shared workdir)
         peers.barrier("all batches written")
         in_batches = False
-        return _finish(run, dataset, elapsed, counts.counterfactuals, process_index)
+        return _finish(run, dataset, plan, elapsed, counts.counterfactuals, peers.process_index)
     except OSError as e:
         error = workdir_files.write_failed(e, workdir, counts.commits)
         error.alone = in_batches
@@ -312,7 +336,7 @@ def _commit_all(commits, run: RunContext, plan: _Plan, state: RunState, peers: C
         if records is None:
             break
         records = [{**r, **named_fields(r, run.classifier.class_names)} for r in records]
-        workdir_files.write_part(run.workdir, peers.process_index, records)  # the commit point
+        workdir_files.write_part(run.workdir, plan.split[0], records)  # the commit point
         counts.commits += 1
         n_cf = sum(1 for r in records if r["status"] == "ok")
         counts.counterfactuals += n_cf
@@ -328,7 +352,7 @@ def _commit_all(commits, run: RunContext, plan: _Plan, state: RunState, peers: C
             break
 
 
-def _finish(run: RunContext, dataset: Dataset, elapsed: float, produced: int,
+def _finish(run: RunContext, dataset: Dataset, plan: _Plan, elapsed: float, produced: int,
             process_index: int) -> dict[str, Any]:
     """The run's summary; process 0 also assembles the manifest and writes the outputs."""
     workdir = run.workdir
@@ -337,7 +361,7 @@ def _finish(run: RunContext, dataset: Dataset, elapsed: float, produced: int,
     explained = {r["example_id"] for r in records}
     summary = {**run_summary(records), "elapsed_seconds": elapsed,
                "counterfactuals_per_second": produced / elapsed if elapsed > 0 else None,
-               "complete": explained >= set(range(dataset.num_examples))}
+               "complete": explained >= set(_whole_share(dataset, plan).tolist())}
     if process_index != 0:
         return summary
     summary = run_throughput.carry_over(_previous_summary(workdir), summary, produced)
@@ -347,6 +371,12 @@ def _finish(run: RunContext, dataset: Dataset, elapsed: float, produced: int,
                       write_report=bool(output.report),
                       report_max_examples=int(output.report_max_examples))
     return summary
+
+
+def _whole_share(dataset: Dataset, plan: _Plan):
+    """The example ids a complete workdir holds: all, or a shard's (several processes write
+    one workdir together)."""
+    return dataset.shard_ids(*plan.split) if jax.process_count() == 1 else dataset.shard_ids()
 
 
 def _previous_summary(workdir: str) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ and sets the run-level figures over all of them: ``elapsed_seconds = sum t_i`` a
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 def _previous_runs(previous: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -41,7 +41,21 @@ def carry_over(previous: Mapping[str, Any] | None, summary: Mapping[str, Any],
     runs = _previous_runs(previous)
     if produced > 0:
         runs.append(_entry(produced, float(summary["elapsed_seconds"])))
+    totals = _totals(runs)
+    return {**summary, **totals,
+            "elapsed_seconds": totals["elapsed_seconds"] if runs else summary["elapsed_seconds"]}
+
+
+def _totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``runs`` and the figures over all of them: summed time, counterfactuals per second."""
     total_cf = sum(r["counterfactuals"] for r in runs)
     total_s = sum(r["elapsed_seconds"] for r in runs)
-    return {**summary, "runs": runs, "elapsed_seconds": total_s if runs else summary["elapsed_seconds"],
+    return {"runs": runs, "elapsed_seconds": total_s,
             "counterfactuals_per_second": total_cf / total_s if total_s > 0 else None}
+
+
+def combine(summaries: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """The throughput of several workdirs' runs as one (the shards of a merged run): every
+    invocation of each, and the run-level figures over all of them (see the module doc).
+    ``elapsed_seconds`` is then the time the shards took together, not the wall-clock time."""
+    return _totals([r for s in summaries for r in _previous_runs(s)])

@@ -79,7 +79,7 @@ def test_a_bad_data_source_leaves_no_workdir(tmp_path):
     assert not workdir.exists()
 
 
-@pytest.mark.parametrize("script", ["explain", "evaluate", "run_ablation", "convert_weights"])
+@pytest.mark.parametrize("script", ["explain", "evaluate", "merge", "run_ablation", "convert_weights"])
 def test_help_exits_0(script):
     proc = _run(os.path.join(ROOT, "scripts", f"{script}.py"), "--help")
     assert proc.returncode == 0, proc.stderr
@@ -180,12 +180,17 @@ def test_installed_layout_is_what_the_entry_points_use():
     assert project["project"]["license"] == "Apache-2.0"
     scripts = project["project"]["scripts"]
     assert scripts == {"sce-jax-explain": "sce_jax.launch.console:explain",
-                       "sce-jax-evaluate": "sce_jax.launch.console:evaluate"}
+                       "sce-jax-evaluate": "sce_jax.launch.console:evaluate",
+                       "sce-jax-merge": "sce_jax.launch.console:merge"}
+    shipped = project["tool"]["setuptools"]["package-data"]["sce_jax._scripts"]
+    assert all(os.path.exists(os.path.join(ROOT, "scripts", name)) for name in shipped)
+    assert {script.split(":")[1] + ".py" for script in scripts.values()} <= set(shipped)
     package_dir = project["tool"]["setuptools"]["package-dir"]
     assert package_dir == {"sce_jax._configs": "configs", "sce_jax._scripts": "scripts"}
     assert command_line.CONFIG_DIRS[0].endswith(os.path.join("sce_jax", "_configs"))
     assert console.SCRIPT_DIRS[0].endswith(os.path.join("sce_jax", "_scripts"))
     assert console.script_path("explain") == EXPLAIN
     assert console.script_path("evaluate") == EVALUATE
+    assert console.script_path("merge") == os.path.join(ROOT, "scripts", "merge.py")
     with open(os.path.join(ROOT, "setup.py")) as f:
         assert '"sce_jax._configs", "sce_jax._scripts"' in f.read()

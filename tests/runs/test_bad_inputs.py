@@ -195,6 +195,7 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
          "search config steps=3000000000: must be in [1, 2147483647]"),
         (["--config.search.learning_rate=nan"], "search config learning_rate=nan: must be a finite number"),
         (["--peer_timeout=0"], "--peer_timeout=0.0: must be a number of seconds > 0"),
+        (["--shard=3/3"], "--shard=3/3: shard index 3 is not in 0..2"),
     ]
     env = helpers.worker_env()
     procs = [subprocess.Popen([sys.executable, helpers.EXPLAIN, f"--config={config}",
