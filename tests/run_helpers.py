@@ -8,6 +8,7 @@ waits for it. Importing this module installs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tests import ROOT
+from tests import ROOT, warm_start
 
 EXPLAIN = os.path.join(ROOT, "scripts", "explain.py")
 TIMING_FIELDS = ("counterfactuals_per_second", "elapsed_seconds", "runs")  # differ run to run
@@ -102,12 +103,36 @@ def write_config_file(path: str, checkpoints: tuple[str, str], source: str, **ov
 
 def tiny_checkpoints(tmp_path_factory) -> tuple[str, str]:
     """:func:`save_tiny_models`, once per pytest session (the autoencoder's and classifier's paths)."""
-    models = tmp_path_factory.getbasetemp() / "sce_jax_run_fixtures" / "models"
-    if not (models / "clf" / "model.json").exists():
-        import shutil
-        shutil.rmtree(models, ignore_errors=True)
-        save_tiny_models(str(models))
+    models = shared_root(tmp_path_factory) / "models"
+    with _exclusive(models.parent):
+        if not (models / "clf" / "model.json").exists():
+            import shutil
+            shutil.rmtree(models, ignore_errors=True)
+            save_tiny_models(str(models))
     return str(models / "ae"), str(models / "clf")
+
+
+def shared_root(tmp_path_factory):
+    """The folder of the session's shared run inputs, one for all xdist workers (their base
+    temporary folders' parent), so the models and the reference run are made once."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / "sce_jax_run_fixtures"
+
+
+@contextlib.contextmanager
+def _exclusive(folder):
+    """Holds an exclusive lock on ``folder/.lock`` (one worker makes what the others reuse)."""
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_fixtures(tmp_path_factory) -> dict[str, Any]:
@@ -118,19 +143,20 @@ def run_fixtures(tmp_path_factory) -> dict[str, Any]:
     reuses its compiled search) and the reference: the uninterrupted single-process run.
     Returns paths under the keys ``checkpoints, images, config, cache, env, reference``.
     """
-    root = tmp_path_factory.getbasetemp() / "sce_jax_run_fixtures"
+    root = shared_root(tmp_path_factory)
     checkpoints = tiny_checkpoints(tmp_path_factory)
-    images = str(root / "images")
-    if not os.path.isdir(images):
-        write_image_folder(images, 9, corrupt=(3,))
-    config = write_config_file(str(root / "config.py"), checkpoints, images)
-    cache = str(root / "jax_cache")
+    images, reference = str(root / "images"), str(root / "reference")
+    # the session's compilation cache (tests/conftest.py), which in-process runs fill too
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(root / "jax_cache")
     env = worker_env(cache)
-    reference = str(root / "reference")
-    summary = os.path.join(reference, "summary.json")
-    if not os.path.exists(summary) or not json.load(open(summary))["complete"]:
-        code, _, err = finish(start([f"--config={config}", f"--workdir={reference}"], env), 300)
-        assert code == 0, err[-4000:]
+    with _exclusive(root):
+        if not os.path.isdir(images):
+            write_image_folder(images, 9, corrupt=(3,))
+        config = write_config_file(str(root / "config.py"), checkpoints, images)
+        summary = os.path.join(reference, "summary.json")
+        if not os.path.exists(summary) or not json.load(open(summary))["complete"]:
+            code, _, err = finish(start([f"--config={config}", f"--workdir={reference}"], env), 300)
+            assert code == 0, err[-4000:]
     return {"checkpoints": checkpoints, "images": images, "config": config, "cache": cache,
             "env": env, "reference": reference}
 
@@ -160,8 +186,7 @@ def worker_env(cache_dir: str | None = None, **extra: str) -> dict[str, str]:
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Starts the worker (explain.py behind the hooks) with ``args``; output is captured."""
-    return subprocess.Popen([sys.executable, "-m", "tests.multiprocess_worker", *args], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return warm_start.start_worker(args, env)  # forked from an interpreter with JAX imported
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:

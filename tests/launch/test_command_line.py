@@ -2,15 +2,13 @@
 ``--help`` exit 0, ``--print_config``, and no workdir left behind by a failed start."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from sce_jax.launch import command_line
 from sce_jax.launch.config_files import load_config_module
 from sce_jax.runs import config_doc
-from tests import ROOT
+from tests import ROOT, warm_start
 
 EXPLAIN = os.path.join(ROOT, "scripts", "explain.py")
 EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
@@ -18,8 +16,7 @@ EVALUATE = os.path.join(ROOT, "scripts", "evaluate.py")
 
 def _run(script, *args, cwd=None):
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=300)
+    return warm_start.run_script(script, list(args), env, cwd=cwd or ROOT)
 
 
 def _one_error_line(proc, pattern):

@@ -16,8 +16,6 @@ go through a whole run.
 import errno
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ from sce_jax.data import image_io
 from sce_jax.runs import loop as run
 from tests import bad_input_corpus as corpus
 from tests import run_helpers as helpers
+from tests import warm_start
 
 ENOSPC_FOLDER = os.path.join("images", "0000005")  # the second example of batch 3
 TIMEOUT = 240
@@ -198,10 +197,8 @@ def test_command_line_reports_bad_input_with_exit_code_2_and_no_traceback(inputs
         (["--shard=3/3"], "--shard=3/3: shard index 3 is not in 0..2"),
     ]
     env = helpers.worker_env()
-    procs = [subprocess.Popen([sys.executable, helpers.EXPLAIN, f"--config={config}",
-                               f"--workdir={workdir}", *args], env=env, cwd=str(tmp_path),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for args, _ in cases]
+    procs = [warm_start.start_script(helpers.EXPLAIN, [f"--config={config}", f"--workdir={workdir}", *args],
+                                     env, cwd=str(tmp_path)) for args, _ in cases]
     for proc, (args, message) in zip(procs, cases):
         code, out, err = helpers.finish(proc, TIMEOUT)
         lines = [line for line in err.splitlines() if line.strip()]
