@@ -39,6 +39,30 @@ def save_tiny_models(root: str) -> tuple[str, str]:
     return (save_model(ae, os.path.join(root, "ae")), save_model(clf, os.path.join(root, "clf")))
 
 
+def write_pipeline_run_inputs(root, transformer: dict[str, Any], count: int) -> dict[str, str]:
+    """What a pipeline config (configs/sd3.py, configs/flux.py) runs on besides the pipeline:
+    random prompt embeddings of ``transformer``'s widths, a 3-class RGB SmallCNN checkpoint and
+    ``count`` random 16x16 RGB images in an .npz. Returns their paths by argument name."""
+    from flax import nnx
+
+    from sce_jax.models.checkpoint import save_model
+    from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
+    from sce_jax.priors.prompt_embeddings import save_prompt_embeddings
+
+    root = str(root)
+    rng = np.random.default_rng(0)
+    embeddings = save_prompt_embeddings(
+        os.path.join(root, "empty.npz"),
+        rng.standard_normal((1, 5, transformer["joint_attention_dim"])).astype(np.float32),
+        rng.standard_normal((1, transformer["pooled_projection_dim"])).astype(np.float32))
+    classifier = save_model(SmallCNN(SmallCNNConfig(in_channels=3, num_classes=3, widths=(4,)),
+                                     rngs=nnx.Rngs(1)), os.path.join(root, "clf"))
+    data = os.path.join(root, "images.npz")
+    np.savez(data, images=rng.uniform(0, 1, (count, 16, 16, 3)).astype(np.float32),
+             labels=np.zeros(count, np.int64))
+    return dict(embeddings=embeddings, classifier=str(classifier), data=data)
+
+
 def write_image_folder(folder: str, count: int, *, corrupt: tuple[int, ...] = (), seed: int = 0) -> str:
     """``count`` random 16x16 grey PNGs ``img<i>.png``; those in ``corrupt`` are not PNGs."""
     from PIL import Image

@@ -34,12 +34,12 @@ def test_run_config_refuses_names_outside_the_registries():
     c.data.source, c.generator.checkpoint, c.classifier.checkpoint = "x", "g", "f"
     c.search.prior.enabled = False
     run_config.validate_run_config(c)  # the defaults are registered names
-    c.generator.kind, c.prior.kind, c.targets.kind, c.data.format = "vq", "flux", "near", "tfr"
+    c.generator.kind, c.prior.kind, c.targets.kind, c.data.format = "vq", "dalle", "near", "tfr"
     c.classifier.head = "softmax"
     with pytest.raises(run_config.RunConfigError) as e:
         run_config.validate_run_config(c)
     for line in ("unknown generator.kind 'vq'; known: kl, tiny",
-                 "unknown prior.kind 'flux'; known: sd3",
+                 "unknown prior.kind 'dalle'; known: sd3, flux",
                  "unknown targets.kind 'near'; known: other, class, flip, all_others, csv",
                  "unknown data.format 'tfr'; known: folder, squares, npz, csv",
                  "unknown classifier.head 'softmax'; known: multiclass, multilabel"):

@@ -42,6 +42,7 @@ PRIOR_NETWORKS = Registry("prior network", {
 
 DIFFUSERS_PRIORS = Registry("prior.kind", {
     "sd3": "sce_jax.priors.sd3:from_diffusers",  # SD3 / SD3.5 MMDiT
+    "flux": "sce_jax.priors.flux:from_diffusers",  # FLUX.1 dev / schnell
 })
 
 OTHER_MODELS = Registry("model", {

@@ -80,3 +80,11 @@ def flux_prior(model: FluxTransformer2DModel, *, guidance: float | None = None,
 
     default = "flux-dev" if config.guidance_embeds else "flux-schnell"
     return Prior(velocity, state, needs_context=True, name=name or default)
+
+
+def from_diffusers(path: str, dtype: Any) -> Prior:
+    """The prior of a FLUX transformer read from a diffusers folder, pipeline folder (its
+    ``transformer/``) or cached repo id, computing and storing its weights in ``dtype`` (the
+    ``prior.kind = "flux"`` entry of :data:`sce_jax.models.registry.DIFFUSERS_PRIORS`; a
+    guidance-distilled model gets FluxPipeline's default guidance 3.5)."""
+    return flux_prior(FluxTransformer2DModel.from_pretrained(path, dtype=dtype, param_dtype=dtype))

@@ -7,11 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from sce_jax.launch.config_files import load_config_module
-from sce_jax.models.checkpoint import save_model
-from sce_jax.models.small_cnn import SmallCNN, SmallCNNConfig
 from sce_jax.priors.prompt_embeddings import save_prompt_embeddings
 from sce_jax.runs import loop as run
 from sce_jax.runs.config import RunConfigError
@@ -19,6 +16,7 @@ from sce_jax.runs.config import RunConfigError
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from tests.run_helpers import write_pipeline_run_inputs  # noqa: E402
 from tests.sd3_pipeline_folder import TRANSFORMER, write_tiny_sd3_pipeline  # noqa: E402
 from tests.search_helpers import with_overrides  # noqa: E402
 
@@ -33,17 +31,7 @@ SD3_CONFIG = os.path.join(ROOT, "configs", "sd3.py")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd3_run")
     pipeline = write_tiny_sd3_pipeline(str(root / "pipeline"))
-    rng = np.random.default_rng(0)
-    embeddings = save_prompt_embeddings(
-        root / "empty.npz",
-        rng.standard_normal((1, 5, TRANSFORMER["joint_attention_dim"])).astype(np.float32),
-        rng.standard_normal((1, TRANSFORMER["pooled_projection_dim"])).astype(np.float32))
-    classifier = save_model(SmallCNN(SmallCNNConfig(in_channels=3, num_classes=3, widths=(4,)),
-                                     rngs=nnx.Rngs(1)), root / "clf")
-    data = root / "images.npz"
-    np.savez(data, images=rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32),
-             labels=np.zeros(2, np.int64))
-    return dict(pipeline=pipeline, embeddings=embeddings, classifier=classifier, data=str(data))
+    return dict(pipeline=pipeline, **write_pipeline_run_inputs(root, TRANSFORMER, 2))
 
 
 def sd3_config(inputs, **overrides):
@@ -104,5 +92,5 @@ def test_config_argument_errors_name_the_keys(arg, message):
 
 
 def test_unknown_prior_kind_is_a_config_error(inputs, tmp_path):
-    with pytest.raises(RunConfigError, match=r"unknown prior.kind 'sd4'; known: sd3"):
+    with pytest.raises(RunConfigError, match=r"unknown prior.kind 'sd4'; known: sd3, flux"):
         run.explain_dataset(sd3_config(inputs, prior__kind="sd4"), str(tmp_path / "w"))
