@@ -6,6 +6,7 @@
 colour agrees with the class 90% of the time, so it may read either factor. The test set stores
 each image's square box and background class, so a counterfactual can be checked against the
 factor it changed (sce_jax.metrics.ground_truth). Models: sce_jax/assets/squares/.
+``:validation``: 24 images of another seed (5), where settings are chosen.
 """
 
 from sce_jax.demos.squares import CLASS_NAMES
@@ -14,7 +15,8 @@ from sce_jax.runs.config import shipped_demo_config
 
 def get_config(arg: str | None = None):
     c = shipped_demo_config("squares", "test_set.npz", image_size=(64, 64), channels=3,
-                            class_names=CLASS_NAMES, batch_size=8, arg=arg)
+                            class_names=CLASS_NAMES, batch_size=8, arg=arg,
+                            validation_file="validation_set.npz")
     # Normalised gradient steps on the strongest latent cells. The classifier is very confident
     # (p = 1 - 1e-5): plain SGD stalls, and Adam, which takes a full step on every latent cell
     # whatever its gradient, spread the edit into the background (a red square's gradient is

@@ -36,7 +36,8 @@ from sce_jax.weights.diffusers_dirs import save_pretrained_diffusers  # noqa: E4
 flags.DEFINE_string("out", os.path.join(ROOT, "sce_jax", "assets"), "Asset directory to (re)write.")
 flags.DEFINE_enum("demo", "all", ["all", "fashion_mnist", "squares"], "Which demo to train.")
 flags.DEFINE_list("roles", ["autoencoder", "classifier", "surrogate", "prior"],
-                  "Which models of the demo to (re)train; the others keep their shipped files.")
+                  "Which models of the demo to (re)train; the others keep their shipped files "
+                  "(--roles=data: none, only the test and validation images are rewritten).")
 flags.DEFINE_float("scale", 1.0, "Multiplies every step count (0.05 for a quick check).")
 FLAGS = flags.FLAGS
 
@@ -178,6 +179,10 @@ def main(argv):
                             prior_steps=steps(PRIOR_STEPS))
         subset = os.path.join(out, "fashion_mnist", "test_subset.npz")
         record["data"] = fashion_mnist.write_test_subset(subset, per_class=2, seed=0, pad_to=32)
+        # Settings are chosen on these, never on the test subset the README reports.
+        record["validation_data"] = fashion_mnist.write_test_subset(
+            os.path.join(out, "fashion_mnist", "validation_subset.npz"), per_class=2, seed=1,
+            pad_to=32, exclude=record["data"]["source_indices"])
         record["command"] = "python scripts/train_demo_models.py --demo=fashion_mnist"
         provenance["fashion_mnist"] = record
 
@@ -195,6 +200,9 @@ def main(argv):
             unconfounded.images, unconfounded.labels)
         record["data"] = squares.write_test_set(os.path.join(out, "squares", "test_set.npz"),
                                                 num=24, seed=4, confounder_rate=rate)
+        # Seeds 1-4 made the training, evaluation and test images; the validation set is seed 5.
+        record["validation_data"] = squares.write_test_set(
+            os.path.join(out, "squares", "validation_set.npz"), num=24, seed=5, confounder_rate=rate)
         record["confounder_rate"] = rate
         record["command"] = "python scripts/train_demo_models.py --demo=squares"
         provenance["squares"] = record

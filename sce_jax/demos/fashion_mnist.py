@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -98,16 +99,20 @@ def load_split(split: str = "train", directory: str = DEFAULT_DIR) -> Split:
     return Split(split, images, labels.astype(np.int32))
 
 
-def balanced_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """``per_class`` random indices of every class, interleaved by class (0, 1, .., 9, 0, ..).
+def balanced_indices(labels: np.ndarray, per_class: int, seed: int,
+                     exclude: Sequence[int] = ()) -> np.ndarray:
+    """``per_class`` random indices of every class, interleaved by class (0, 1, .., 9, 0, ..),
+    none of them in ``exclude`` (a validation subset apart from the test subset).
 
     Interleaving makes any prefix of the subset as balanced as it can be.
     """
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
+    excluded = np.zeros(labels.shape, bool)
+    excluded[np.asarray(exclude, np.int64)] = True
     picks = []
     for c in classes:
-        members = np.flatnonzero(labels == c)
+        members = np.flatnonzero((labels == c) & ~excluded)
         if members.size < per_class:
             raise ValueError(f"class {int(c)} has {members.size} examples, fewer than "
                              f"per_class={per_class}")
@@ -116,13 +121,16 @@ def balanced_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
 
 
 def write_test_subset(path: str, *, per_class: int = 10, seed: int = 0, split: str = "test",
-                      pad_to: int | None = 32, directory: str = DEFAULT_DIR) -> dict:
+                      pad_to: int | None = 32, directory: str = DEFAULT_DIR,
+                      exclude: Sequence[int] = ()) -> dict:
     """Writes a small balanced subset to an ``.npz`` readable by :func:`sce_jax.data.open_dataset`.
 
     Args:
       path: the ``.npz`` to write (atomically).
       per_class: images of each class (chosen at random with ``seed``, without repeats).
       split: the split to draw from.
+      exclude: indices of the split never drawn (the demo's validation subset leaves out its
+        test subset: settings are chosen on images the reported figures never saw).
       pad_to: zero-pad the 28x28 images to this size, centered (32 by default: a multiple of
         the 8x downsampling of Stable-Diffusion-style autoencoders, and the size the demo
         models are trained at); None keeps 28x28.
@@ -134,7 +142,7 @@ def write_test_subset(path: str, *, per_class: int = 10, seed: int = 0, split: s
     (N,) (the indices in the split) and ``class_names``.
     """
     data = load_split(split, directory)
-    indices = balanced_indices(data.labels, per_class, seed)
+    indices = balanced_indices(data.labels, per_class, seed, exclude)
     images = data.images[indices]
     if pad_to is not None:
         h, w = images.shape[1:]
@@ -147,4 +155,5 @@ def write_test_subset(path: str, *, per_class: int = 10, seed: int = 0, split: s
     return {"file": os.path.basename(path), "dataset": "Fashion-MNIST", "split": split,
             "per_class": per_class, "seed": seed, "num_images": int(indices.size),
             "image_size": list(images.shape[1:]), "padding": pad_to,
-            "source_indices": [int(i) for i in indices]}
+            "source_indices": [int(i) for i in indices],
+            **({"excluded": "the test subset's indices"} if len(exclude) else {})}

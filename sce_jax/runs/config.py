@@ -182,12 +182,16 @@ def resolve_target_class(config: ml_collections.ConfigDict) -> ml_collections.Co
 
 
 def shipped_demo_config(demo: str, data_file: str, *, image_size: tuple[int, int], channels: int,
-                        class_names, batch_size: int, arg: str | None = None):
+                        class_names, batch_size: int, arg: str | None = None,
+                        validation_file: str | None = None):
     """The run config of a shipped demo (``configs/<demo>.py``): its data, models and prior
     from ``sce_jax/assets/<demo>/``, leave-the-prediction targets; ``arg="tiny"`` shrinks it to
-    a seconds-long check (4 images, 5 steps, 2 noise samples)."""
+    a seconds-long check (4 images, 5 steps, 2 noise samples); ``arg="validation"`` is the
+    same run on the demo's validation images (``validation_file``), where settings are chosen:
+    the test images the README reports are never tuned on."""
     c = base_run_config()
-    c.data.source = asset_path(demo, data_file, must_exist=False)
+    source = validation_file if arg == "validation" and validation_file else data_file
+    c.data.source = asset_path(demo, source, must_exist=False)
     c.data.image_size = tuple(image_size)
     c.data.channels = channels
     c.generator.checkpoint = asset_path(demo, "autoencoder", must_exist=False)
@@ -203,6 +207,7 @@ def shipped_demo_config(demo: str, data_file: str, *, image_size: tuple[int, int
         c.batch_size = 2
         c.search.steps = 5
         c.search.smoothing.num_samples = 2
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown config argument {arg!r}; use nothing or 'tiny'")
+    elif arg not in (None, "") and not (arg == "validation" and validation_file):
+        choices = "nothing, 'tiny'" + (" or 'validation'" if validation_file else "")
+        raise ValueError(f"unknown config argument {arg!r}; use {choices}")
     return c

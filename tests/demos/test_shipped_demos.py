@@ -122,3 +122,26 @@ def test_the_shipped_prior_models_its_demo_latents(demo):
     assert loss < 1.2, loss
     assert record["sample_quality"]["fid_samples_vs_test"] > record["sample_quality"][
         "fid_reconstructions_vs_test"]
+
+
+@pytest.mark.parametrize("demo", DEMOS)
+def test_validation_images_are_apart_from_the_test_images(demo):
+    """Settings are chosen on ``:validation``: images of the same kind as the reported test
+    images, none of them a test image (Fashion-MNIST: other indices of the test split, which
+    the models never trained on; squares: another seed)."""
+    from sce_jax.launch.config_files import load_config_module
+
+    module = load_config_module(os.path.join(ROOT, "configs", f"{demo}.py"))
+    source = module.get_config("validation").data.source
+    assert source != module.get_config().data.source and os.path.isfile(source)
+    with np.load(source) as val, np.load(asset_path(demo, DATA[demo])) as test:
+        assert val["images"].shape[1:] == test["images"].shape[1:]
+        assert len(val["images"]) == len(test["images"])
+        assert set(val["labels"].tolist()) == set(test["labels"].tolist())  # every class
+        seen = {image.tobytes() for image in test["images"]}
+        assert not any(image.tobytes() in seen for image in val["images"])
+        if demo == "fashion_mnist":
+            assert not set(val["source_indices"].tolist()) & set(test["source_indices"].tolist())
+            np.testing.assert_array_equal(np.bincount(val["labels"]), [2] * 10)  # balanced
+    recorded = _provenance()[demo]["validation_data"]
+    assert recorded["file"] == os.path.basename(source) and recorded["num_images"] == len(seen)

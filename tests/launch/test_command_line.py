@@ -43,10 +43,10 @@ def test_config_file_errors_are_one_line_exit_2(tmp_path, broken_configs):
     cases = [
         (["--config=configs/nope.py"],
          r"config file 'configs/nope.py' does not exist; give a path or the name of a shipped "
-         r"config \(ablation, fashion_mnist, sd3, squares\)"),
+         r"config \(ablation, fashion_mnist, flux, sd3, squares\)"),
         (["--config=configs/fashion_mnist.py:tinyy"],
-         r"fashion_mnist.py with argument 'tinyy': unknown config argument 'tinyy'; use nothing or "
-         r"'tiny' \(line \d+\)"),
+         r"fashion_mnist.py with argument 'tinyy': unknown config argument 'tinyy'; use nothing, "
+         r"'tiny' or 'validation' \(line \d+\)"),
         ([f"--config={syntax}"], rf"config file {syntax} line 2: '\(' was never closed"),
         ([f"--config={imports}"], rf"config file {imports} fails to load at line 2: "
                                   r"ModuleNotFoundError: No module named 'not_a_module_of_this_project'"),
