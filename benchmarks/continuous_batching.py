@@ -15,7 +15,9 @@ targets), in this process, one after the other:
 
 Each engine is compiled and warmed up first on ``--warmup`` images (not timed; the slot engine
 also compiles its chunk at every size it shrinks to, ``SlotScheduler.precompile``). Reported:
-counterfactuals (images x K) per second of wall time, their ratio, and the share of useful
+found counterfactuals per second of wall time (what a user gets: attempts that reached the goal,
+neither near the boundary nor a background spot; judged on the float image here), and
+counterfactuals (attempts, images x K) per second, their ratios, and the share of useful
 example-steps: the steps of searches still running over the example-steps computed (the batch
 engine computes every row of a batch for every step of its slowest search, padding rows
 included; an attempt that ends at step ``s`` has run ``min(s + 1, budget)`` steps). The slot
@@ -68,11 +70,25 @@ def steps_run(steps: np.ndarray, budget: int) -> np.ndarray:
     return np.minimum(np.asarray(steps) + 1, budget)
 
 
+def found(result) -> np.ndarray:
+    """(B, K) attempts that found a counterfactual: reached the goal, not near the boundary, not
+    a spot in empty background (the record's outcome ``found``, judged on the float image)."""
+    return (np.asarray(result.success) & ~np.asarray(result.no_second_reason)
+            & ~np.asarray(result.near_boundary)[:, None])
+
+
+def rates(success: np.ndarray, hits: np.ndarray, steps: np.ndarray, seconds: float) -> dict:
+    """The figures both engines report: counts and rates of attempts and found ones."""
+    return {"success": success, "seconds": seconds, "counterfactuals": int(steps.size),
+            "found": int(hits.sum()), "found_per_second": float(hits.sum()) / seconds,
+            "counterfactuals_per_second": steps.size / seconds, "steps": steps}
+
+
 def run_batches(explainer, images: np.ndarray, ids: np.ndarray, batch: int) -> dict:
     """The batch engine over ``images`` in batches of exactly ``batch`` rows."""
     budget = explainer.settings.steps
     computed = useful = 0
-    steps, success = [], []
+    steps, success, hits = [], [], []
     start = time.perf_counter()
     for first in range(0, len(images), batch):
         rows = np.arange(first, min(first + batch, len(images)))
@@ -87,12 +103,11 @@ def run_batches(explainer, images: np.ndarray, ids: np.ndarray, batch: int) -> d
         useful += int(run.sum())
         steps.append(result_steps)
         success.append(np.asarray(result.success)[valid])
+        hits.append(found(result)[valid])
     seconds = time.perf_counter() - start
-    steps = np.concatenate(steps)
-    return {"success": np.concatenate(success), "seconds": seconds, "counterfactuals": int(steps.size),
-            "counterfactuals_per_second": steps.size / seconds,
+    return {**rates(np.concatenate(success), np.concatenate(hits), np.concatenate(steps), seconds),
             "example_steps_computed": computed, "example_steps_useful": useful,
-            "useful_share": useful / computed, "steps": steps}
+            "useful_share": useful / computed}
 
 
 def run_slots(explainer, images: np.ndarray, ids: np.ndarray, slots: int, chunk_steps: int,
@@ -115,16 +130,19 @@ def run_slots(explainer, images: np.ndarray, ids: np.ndarray, slots: int, chunk_
     start = time.perf_counter()
     results = dict(scheduler.run(blocks()))
     seconds = time.perf_counter() - start
-    steps = np.concatenate([results[i].steps for i in range(len(images))])
+    rows = [results[i] for i in range(len(images))]
     work = scheduler.work
-    return {"success": np.concatenate([results[i].success for i in range(len(images))]),
-            "seconds": seconds, "counterfactuals": int(steps.size),
-            "counterfactuals_per_second": steps.size / seconds,
+    return {**rates(np.concatenate([r.success for r in rows]), np.concatenate([found(r) for r in rows]),
+                    np.concatenate([r.steps for r in rows]), seconds),
             "example_steps_computed": work.computed, "example_steps_useful": work.useful,
             "useful_share": work.useful_share, "chunks": work.chunks, "refills": work.refills,
             "shrinks": work.shrinks, "chunk_steps": scheduler.search.chunk_steps,
             "min_slots": scheduler.min_slots,
-            "phase_seconds": {k: round(v, 2) for k, v in work.seconds.items()}, "steps": steps}
+            "phase_seconds": {k: round(v, 2) for k, v in work.seconds.items()}}
+
+
+def _times(ratio: float | None) -> str:
+    return "n/a (none found)" if ratio is None else f"{ratio:.2f}x"
 
 
 def markdown(report: dict) -> str:
@@ -143,15 +161,17 @@ def markdown(report: dict) -> str:
         f"counterfactual: median {report['median_steps']}, mean {report['mean_steps']:.1f}, "
         f"{report['at_budget']} of {report['counterfactuals']} at the budget.",
         "",
-        "| engine | counterfactuals/s | seconds | useful example-steps |",
-        "|---|---:|---:|---:|",
-        f"| batch engine, batch {a['batch']} | {b['counterfactuals_per_second']:.3f} | "
+        "| engine | found/s | counterfactuals/s | found | seconds | useful example-steps |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| batch engine, batch {a['batch']} | {b['found_per_second']:.3f} | "
+        f"{b['counterfactuals_per_second']:.3f} | {b['found']} | "
         f"{b['seconds']:.1f} | {100 * b['useful_share']:.1f}% |",
         f"| slot engine, {a['slots']} slots, chunks of {s['chunk_steps']} steps | "
-        f"{s['counterfactuals_per_second']:.3f} | {s['seconds']:.1f} | "
-        f"{100 * s['useful_share']:.1f}% |",
+        f"{s['found_per_second']:.3f} | {s['counterfactuals_per_second']:.3f} | {s['found']} | "
+        f"{s['seconds']:.1f} | {100 * s['useful_share']:.1f}% |",
         "",
-        f"Ratio (slots / batch): **{report['ratio']:.2f}x**. Attempts with the same steps and "
+        f"Ratio (slots / batch): **{_times(report['found_ratio'])}** found counterfactuals per "
+        f"second, {report['ratio']:.2f}x counterfactuals per second. Attempts with the same steps and "
         f"success in both engines: {report['same_share']:.1%} (the demo amplifies float rounding "
         "differences: the batch engine itself differs between batch sizes, see docs/continuous_batching.md).",
         "",
@@ -188,10 +208,12 @@ def main(argv=None) -> None:
     run_slots(explainer, images[warm], ids[warm], args.slots, args.chunk_steps, precompile=True)
     print(f"batch engine on {args.images} images ...", flush=True)
     batch = run_batches(explainer, images[timed], ids[timed], args.batch)
-    print(f"  {batch['counterfactuals_per_second']:.3f} counterfactuals/s", flush=True)
+    print(f"  {batch['found_per_second']:.3f} found/s, {batch['counterfactuals_per_second']:.3f} "
+          "counterfactuals/s", flush=True)
     print(f"slot engine on {args.images} images ...", flush=True)
     slots = run_slots(explainer, images[timed], ids[timed], args.slots, args.chunk_steps)
-    print(f"  {slots['counterfactuals_per_second']:.3f} counterfactuals/s", flush=True)
+    print(f"  {slots['found_per_second']:.3f} found/s, {slots['counterfactuals_per_second']:.3f} "
+          "counterfactuals/s", flush=True)
 
     steps = batch["steps"]
     budget = explainer.settings.steps
@@ -203,6 +225,8 @@ def main(argv=None) -> None:
         "mean_steps": float(steps.mean()), "at_budget": int((steps >= budget).sum()),
         "same_share": float(np.mean((steps == slots["steps"]) & (batch["success"] == slots["success"]))),
         "ratio": slots["counterfactuals_per_second"] / batch["counterfactuals_per_second"],
+        "found_ratio": (slots["found_per_second"] / batch["found_per_second"]
+                        if batch["found_per_second"] > 0 else None),
         "batch": {k: v for k, v in batch.items() if k not in ("steps", "success")},
         "slots": {k: v for k, v in slots.items() if k not in ("steps", "success")},
     }

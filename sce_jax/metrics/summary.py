@@ -13,7 +13,8 @@ image), ``near_boundary``, ``no_second_reason`` and any numeric metric fields (`
 Counts: ``num_images`` (distinct example ids), ``num_skipped`` (images without any
 counterfactual: every record of theirs is a skip), ``num_counterfactuals`` (``"ok"`` records),
 ``num_valid``, ``num_near_boundary`` (images whose original was within the search's boundary
-margin), ``num_no_second_reason``. Rates (over the ``"ok"`` records; None when there are none):
+margin), ``num_no_second_reason``, ``num_stalled`` (attempts the stall rule ended early without
+a counterfactual). Rates (over the ``"ok"`` records; None when there are none):
 
     flip_rate                  = mean(success)                              (metrics.flip_rate)
     flip_rate_first_attempt    = mean(success | attempt = 0)
@@ -23,6 +24,8 @@ margin), ``num_no_second_reason``. Rates (over the ``"ok"`` records; None when t
     found_rate_first_attempt   = mean(found | not near_boundary, attempt = 0)
     images_with_valid          = share of images with at least one successful counterfactual
     non_adversarial_rate       = mean(surrogate_success | success)   (if the field is present)
+    steps_share_not_found      = sum(steps | not found) / sum(steps)   (search steps spent on
+                                 attempts that found nothing: the run's wasted work)
 
 Each other numeric field is summarised over the successful counterfactuals (``over="ok"``:
 all of them) by :func:`summarise_values`: mean, median, standard deviation, min, max, the
@@ -43,7 +46,7 @@ from sce_jax.metrics.validity import flip_rate
 NOT_METRICS = frozenset({
     "example_id", "attempt", "target", "label", "prediction", "prediction_after", "source",
     "status", "reason", "files", "target_kind", "success", "surrogate_success",
-    "near_boundary", "no_second_reason", "outcome", "target_value",
+    "near_boundary", "no_second_reason", "outcome", "target_value", "stalled",
 })
 OVER = ("successful", "ok")
 # summary.json's means: key -> (record field, over which records).
@@ -57,7 +60,8 @@ RUN_MEANS = {
 # The keys of summarise_records that summary.json keeps.
 RUN_FIGURES = ("num_images", "num_skipped", "num_counterfactuals", "flip_rate",
                "flip_rate_first_attempt", "num_near_boundary", "found_rate",
-               "found_rate_first_attempt", "num_no_second_reason")
+               "found_rate_first_attempt", "num_no_second_reason", "num_stalled",
+               "steps_share_not_found")
 
 
 def summarise_values(values: Iterable[Any]) -> dict[str, float | int | None]:
@@ -121,6 +125,8 @@ def summarise_records(records: Iterable[Mapping[str, Any]], *, over: str = "succ
     spot = [bool(r.get("no_second_reason")) for r in ok]
     first = [r.get("attempt") == 0 for r in ok]
     found = [s and not n and not p for s, n, p in zip(success, near, spot)]
+    steps = [float(r.get("steps") or 0) for r in ok]
+    steps_lost = sum(t for t, f in zip(steps, found) if not f)
 
     by_image: dict[Any, bool] = {}
     for r, s in zip(ok, success):
@@ -154,6 +160,8 @@ def summarise_records(records: Iterable[Mapping[str, Any]], *, over: str = "succ
         "num_valid": int(sum(success)),
         "num_near_boundary": len({r["example_id"] for r, n in zip(ok, near) if n}),
         "num_no_second_reason": int(sum(spot)),
+        "num_stalled": int(sum(bool(r.get("stalled")) for r in ok)),
+        "steps_share_not_found": steps_lost / sum(steps) if sum(steps) > 0 else None,
         "flip_rate": _rate(success),
         "flip_rate_first_attempt": _rate([s for s, f in zip(success, first) if f]),
         "found_rate": _rate([x for x, n in zip(found, near) if not n]),

@@ -198,6 +198,7 @@ class _Counts:
 
     commits: int = 0           # part files written
     counterfactuals: int = 0   # records with status "ok" in them
+    found: int = 0             # records whose outcome is "found"
 
 
 class _Plan(NamedTuple):
@@ -315,7 +316,7 @@ def _explain(run: RunContext, dataset: Dataset, plan: _Plan, state: RunState,
         # all parts written before anyone assembles (shared workdir)
         peers.barrier("all batches written")
         in_batches = False
-        return _finish(run, dataset, plan, elapsed, counts.counterfactuals, peers.process_index)
+        return _finish(run, dataset, plan, elapsed, counts, peers.process_index)
     except OSError as e:
         error = workdir_files.write_failed(e, workdir, counts.commits)
         error.alone = in_batches
@@ -340,7 +341,8 @@ def _commit_all(commits, run: RunContext, plan: _Plan, state: RunState, peers: C
         counts.commits += 1
         n_cf = sum(1 for r in records if r["status"] == "ok")
         counts.counterfactuals += n_cf
-        progress.update(n_cf)
+        counts.found += sum(1 for r in records if r.get("outcome") == "found")
+        progress.update(n_cf, found=counts.found)
         # After the batch: a stop asked for during it (even during the first compile)
         # costs nothing that was computed. After the last one there is nothing to stop.
         # (The slot engine's commits are not batches: its searches in flight are redone.)
@@ -352,7 +354,7 @@ def _commit_all(commits, run: RunContext, plan: _Plan, state: RunState, peers: C
             break
 
 
-def _finish(run: RunContext, dataset: Dataset, plan: _Plan, elapsed: float, produced: int,
+def _finish(run: RunContext, dataset: Dataset, plan: _Plan, elapsed: float, counts: _Counts,
             process_index: int) -> dict[str, Any]:
     """The run's summary; process 0 also assembles the manifest and writes the outputs."""
     workdir = run.workdir
@@ -360,11 +362,13 @@ def _finish(run: RunContext, dataset: Dataset, plan: _Plan, elapsed: float, prod
                else workdir_files.assemble_manifest(workdir))
     explained = {r["example_id"] for r in records}
     summary = {**run_summary(records), "elapsed_seconds": elapsed,
-               "counterfactuals_per_second": produced / elapsed if elapsed > 0 else None,
+               "counterfactuals_per_second": counts.counterfactuals / elapsed if elapsed > 0 else None,
+               "found_per_second": counts.found / elapsed if elapsed > 0 else None,
                "complete": explained >= set(_whole_share(dataset, plan).tolist())}
     if process_index != 0:
         return summary
-    summary = run_throughput.carry_over(_previous_summary(workdir), summary, produced)
+    summary = run_throughput.carry_over(_previous_summary(workdir), summary,
+                                        counts.counterfactuals, counts.found)
     output = run.config.output
     write_run_outputs(workdir, records, summary,
                       class_names=tuple(run.config.classifier.class_names) or None,

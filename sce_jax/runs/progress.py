@@ -21,7 +21,8 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """``update(n)`` after each unit of work; ``rate`` counts units per second of wall time."""
+    """``update(n)`` after each unit of work; ``rate`` counts units per second of wall time.
+    ``update(n, found=f)`` also shows ``f`` (the found counterfactuals so far) and its rate."""
 
     def __init__(self, total: int, *, unit: str = "items", stream: TextIO | None = None,
                  min_interval: float = 5.0, clock=time.monotonic):
@@ -32,6 +33,7 @@ class Progress:
         self.clock = clock
         self.start = clock()
         self.done = 0
+        self.found: int | None = None
         self._last_print = -float("inf")
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
@@ -54,12 +56,17 @@ class Progress:
         width = 24
         filled = int(width * pct / 100)
         bar = "#" * filled + "-" * (width - filled)
+        elapsed = self.elapsed
+        found = ("" if self.found is None else
+                 f"{self.found} found ({self.found / elapsed if elapsed > 0 else 0.0:.2f}/s), ")
         return (f"[{bar}] {self.done}/{self.total} {self.unit} ({pct:5.1f}%) "
-                f"{self.rate:.2f} {self.unit}/s, elapsed {format_seconds(self.elapsed)}, "
+                f"{self.rate:.2f} {self.unit}/s, {found}elapsed {format_seconds(elapsed)}, "
                 f"ETA {format_seconds(self.eta)}")
 
-    def update(self, n: int = 1, *, force: bool = False) -> None:
+    def update(self, n: int = 1, *, found: int | None = None, force: bool = False) -> None:
         self.done += n
+        if found is not None:
+            self.found = found
         now = self.clock()
         if force or self._tty or now - self._last_print >= self.min_interval or self.done >= self.total:
             self._last_print = now

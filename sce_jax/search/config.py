@@ -184,6 +184,22 @@ class MaskSettings:
                                        "whole square)")
 
 
+@dataclasses.dataclass(frozen=True)
+class StallSettings:
+    window: int = key(40, number(0, integer=True),
+                      "steps over which an attempt's progress is measured (0: the rule is off; "
+                      "an attempt it ends reports \"stalled\")")
+    min_rise: float = key(0.1, number(0.0),
+                          "an attempt whose best log-odds of p(target) rose less than this over "
+                          "the window ends (0.1: its odds up by less than 10%)")
+    slack: float = key(2.0, number(0.0),
+                       "late in the budget, an attempt ends if even slack x its pace over the "
+                       "window would not reach the goal in the steps left")
+    after: float = key(0.8, number(0.0, 1.0),
+                       "share of the budget after which the pace counts (searches often rise "
+                       "slowly, then quickly)")
+
+
 OBJECTIVE = ("objective: cls(f(x_cf)/T, t) + l1 * mean|z - z0| + l2 * ||z - z0||_2 "
              "+ pixel_l1 * mean|x_cf - x|")
 UPDATE = "gradient processing and update"
@@ -238,6 +254,9 @@ class SearchSettings:
                        "`strength` and Euler back to t = 0 with the prior's velocity model "
                        "(see search/prior_step.py)")
     mask: MaskSettings = group(MaskSettings, "edit mask (sparsity)")
+    stall: StallSettings = group(
+        StallSettings, "an attempt that cannot make progress ends early (search/loop.py, "
+                       "\"Stalled searches\"); the slot engine refills its slot at once")
     seed: int = key(0, number(-2 ** 63, 2 ** 63 - 1, integer=True),
                     "the search's noise (with each example id)")
     progress_every: int = key(0, number(0, integer=True),

@@ -99,6 +99,7 @@ class Explanation(NamedTuple):
     success: jax.Array        # (B, K) bool (float image; re-check on 8-bit when writing)
     no_second_reason: jax.Array  # (B, K) bool: flipped only by a spot in empty background (k > 0)
     nonfinite: jax.Array      # (B, K) bool: failed on NaN/inf
+    stalled: jax.Array        # (B, K) bool: ended early without progress (search/loop.py)
     steps: jax.Array          # (B, K) int32 steps used
     prob_after: jax.Array     # (B, K) target probability on the counterfactual
     prediction_after: jax.Array  # (B, K) decision on the counterfactual (argmax class; multiclass)
@@ -222,7 +223,7 @@ def attempt_outcome(res: AttemptResult, enc: Encoded, attempt, locked: jax.Array
         locked = jnp.maximum(locked, changed * res.success.reshape(-1, 1, 1, 1))
     d = objectives.distances(res.latent, enc.z0, res.image, x)
     out = dict(image=res.image, latent=res.latent, mask=res.mask, success=res.success,
-               no_second_reason=spot, nonfinite=res.nonfinite, steps=res.steps,
+               no_second_reason=spot, nonfinite=res.nonfinite, stalled=res.stalled, steps=res.steps,
                prob_after=res.prob_after, prediction_after=jnp.argmax(res.logits, axis=-1), **d)
     return locked, out
 

@@ -25,6 +25,26 @@ search starts from no change at all::
 ``P(z) - z`` is recomputed every ``prior.every`` steps and kept in between; the latent returned
 is ``z0 + P(z) - z_ref`` (the edit, in the original's coordinates).
 
+Stalled searches: an attempt that makes no progress, or late in its budget cannot reach its
+goal at its pace, ends early. Progress is measured in log-odds,
+``l_t = log p_t - log(1 - p_t)`` of the judged p(target) (clipped to ``[1e-30, 1 - 1e-7]``), so
+that a search at p = 0.001 and one at p = 0.4 are judged alike, and one that starts at
+p = 1e-12 shows its progress. With ``W = stall.window``, ``delta = stall.min_rise``,
+``c = stall.slack``, ``a = stall.after``, budget ``T`` and goal ``g = logit(goal_probability)``::
+
+    m_t     = max(l_s : s <= t, s confined)           (the best so far; -inf before)
+    rise_t  = m_t - m_{t-W}                            (+inf while m_{t-W} = -inf)
+    flat    = rise_t < delta                           (no progress over W steps)
+    late    = t >= a T  and  c (rise_t / W) (T - t - 1) < g - m_t
+    stalled = not reached and t + 1 < T and (flat or late)
+
+``flat`` ends a search whose best log-odds have not risen by ``delta`` in ``W`` steps;
+``late`` one that, in the last ``1 - a`` of its budget, would not reach the goal even at ``c``
+times its recent pace. Searches often rise slowly and then quickly (a confident classifier),
+so the pace is not trusted early. Counted from when a search may succeed (with a capped mask,
+after the warm-up). A stalled search is done, reports ``stalled`` and returns its best state
+like any failed one; the slot engine refills its slot at once. ``W = 0`` turns the rule off.
+
 The loop ends when every valid example is done or the step budget is spent; then the last
 state of the examples still running is checked once more, and an example that never succeeded
 returns its best state so far (highest target probability among the states that could have
@@ -41,6 +61,7 @@ count). In a batch every counter is the same, so a batch and a slot compute the 
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -65,6 +86,9 @@ class LoopState(NamedTuple):
     best_z: jax.Array        # the evaluated latent z + offset of the best state
     best_mask: jax.Array
     best_p: jax.Array        # (B,) target probability of best_z
+    best_odds: jax.Array     # (B,) m_t: the best log-odds of p(target) so far (stall rule)
+    odds_ring: jax.Array     # (B, W) m of the last W steps, at index step % W (W >= 1)
+    stalled: jax.Array       # (B,) bool: ended by the stall rule
 
 
 class AttemptResult(NamedTuple):
@@ -76,6 +100,7 @@ class AttemptResult(NamedTuple):
     success: jax.Array       # (B,) bool
     nonfinite: jax.Array     # (B,) bool
     steps: jax.Array         # (B,) int32
+    stalled: jax.Array       # (B,) bool: ended early, no progress (see "Stalled searches")
 
 
 def reference_inputs(inp: StepInputs, *, decode: Callable,
@@ -134,6 +159,10 @@ class AttemptStep:
             best_z=inp.z0,
             best_mask=self.allowed,
             best_p=jnp.full(valid.shape, -1.0, jnp.float32),
+            best_odds=jnp.full(valid.shape, -jnp.inf, jnp.float32),
+            odds_ring=jnp.full(valid.shape + (max(self.settings.stall.window, 1),), -jnp.inf,
+                               jnp.float32),
+            stalled=jnp.zeros_like(valid),
         )
 
     def correction(self, z, step, offset):
@@ -203,7 +232,8 @@ class AttemptStep:
         best_p = jnp.where(improve, p, s.best_p)
         success = s.success | (active & finite & reached)
         nonfinite = s.nonfinite | (active & ~finite)
-        done = s.done | success | nonfinite
+        best_odds, odds_ring, stalled = self._stall(s, p, finite & ~reached)
+        done = s.done | success | nonfinite | stalled
         steps_used = jnp.where(active, s.step, s.steps_used)
 
         grad = updates.process_gradient(jnp.where(finite.reshape(-1, 1, 1, 1), out.grad, 0.0),
@@ -233,7 +263,31 @@ class AttemptStep:
             pixel_mask=objectives.tree_select(keep, pixel_mask, s.pixel_mask),
             latent_mask=objectives.tree_select(keep, latent_mask, s.latent_mask),
             done=done, success=success, nonfinite=nonfinite, steps_used=steps_used,
-            best_z=best_z, best_mask=best_mask, best_p=best_p)
+            best_z=best_z, best_mask=best_mask, best_p=best_p,
+            best_odds=best_odds, odds_ring=odds_ring, stalled=stalled)
+
+    def _stall(self, s: LoopState, p: jax.Array, open_: jax.Array):
+        """The stall rule of the module docstring: the new ``(m, ring, stalled)``; ``open_`` is
+        where the example was judged and has not reached its goal."""
+        cfg, budget = self.settings.stall, self.settings.steps
+        window = max(cfg.window, 1)
+        q = jnp.clip(p, 1e-30, 1.0 - 1e-7)  # float32: far from the goal, progress still shows
+        odds = jnp.log(q) - jnp.log1p(-q)
+        active = ~s.done
+        best = jnp.where(active & self.confined(s.step), jnp.maximum(s.best_odds, odds), s.best_odds)
+        slot = (s.step % window)[:, None]
+        before = jnp.take_along_axis(s.odds_ring, slot, axis=1)[:, 0]   # m_{t-W}
+        ring = jnp.where((jnp.arange(window)[None, :] == slot) & active[:, None], best[:, None],
+                         s.odds_ring)
+        if cfg.window <= 0:
+            return best, ring, s.stalled
+        rise = jnp.where(before > -jnp.inf, best - before, jnp.inf)
+        left = (budget - s.step - 1).astype(jnp.float32)
+        goal = min(max(float(self.settings.goal_probability), 1e-6), 1.0 - 1e-6)
+        needed = math.log(goal) - math.log1p(-goal) - best
+        late = (s.step >= cfg.after * budget) & (cfg.slack * rise / window * left < needed)
+        hopeless = (left > 0) & (best > -jnp.inf) & ((rise < cfg.min_rise) | late)
+        return best, ring, s.stalled | (active & open_ & hopeless)
 
     def finish(self, s: LoopState, valid: jax.Array) -> AttemptResult:
         """The attempt's result from its last state.
@@ -266,7 +320,8 @@ class AttemptStep:
         latent = z if self.project is None else self.z_start + (z - inp.z0)  # the edit, from the original
         return AttemptResult(image=image, latent=latent, mask=mask, logits=logits,
                              prob_after=jnp.where(bad, jnp.nan, p), success=success & ~bad & valid,
-                             nonfinite=bad & valid, steps=steps_used)
+                             nonfinite=bad & valid, steps=steps_used,
+                             stalled=s.stalled & ~success & ~bad & valid)
 
 
 def run_attempt(inp: StepInputs, allowed: jax.Array, valid: jax.Array, *, decode: Callable,

@@ -21,18 +21,22 @@ from sce_jax.metrics.validity import reaches_target
 from sce_jax.search import targets as target_lib
 from sce_jax.workdir.layout import Files, Record
 
-OUTCOMES = ("found", "not_found", "near_boundary", "no_second_reason")
+OUTCOMES = ("found", "not_found", "stalled", "near_boundary", "no_second_reason")
 
 
-def outcome(success: bool, near_boundary: bool, no_second_reason: bool) -> str:
+def outcome(success: bool, near_boundary: bool, no_second_reason: bool, stalled: bool = False) -> str:
     """``near_boundary``: the original was already within the search's boundary margin, so
     whatever flipped it is no explanation; ``no_second_reason``: a later attempt could only
-    flip the decision with a spot in empty background; else ``found`` / ``not_found``."""
+    flip the decision with a spot in empty background; ``stalled``: no counterfactual, and the
+    search ended before its budget because p(target) stopped rising (``steps`` says when);
+    else ``found`` / ``not_found`` (the whole budget spent)."""
     if near_boundary:
         return "near_boundary"
     if no_second_reason:
         return "no_second_reason"
-    return "found" if success else "not_found"
+    if success:
+        return "found"
+    return "stalled" if stalled else "not_found"
 
 
 def judge_written(logits_fn: Callable[[np.ndarray], Any], quantised: np.ndarray, result, *,
@@ -63,6 +67,7 @@ def counterfactual_record(result, row: int, attempt: int, *, example_id: int, so
     success = bool(success8 and not result.nonfinite[j, a])
     near = bool(result.near_boundary[j])
     spot = bool(result.no_second_reason[j, a])
+    stalled = bool(result.stalled[j, a])
     changed = changed_fraction(original, quantised.astype(np.float32) / 255.0)
     return {
         "example_id": int(example_id), "source": source, "label": label,
@@ -81,7 +86,8 @@ def counterfactual_record(result, row: int, attempt: int, *, example_id: int, so
         "prediction_after": int(decision8),
         "near_boundary": near,
         "no_second_reason": spot,
-        "outcome": outcome(success, near, spot),
+        "stalled": stalled,
+        "outcome": outcome(success, near, spot, stalled),
         "latent_l1": float(result.latent_l1[j, a]), "latent_l2": float(result.latent_l2[j, a]),
         "pixel_l1": float(result.pixel_l1[j, a]), "pixel_l2": float(result.pixel_l2[j, a]),
         "changed_fraction": float(changed),

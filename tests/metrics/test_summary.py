@@ -46,6 +46,17 @@ def test_found_rates_leave_out_originals_near_the_boundary():
     assert s["flip_rate"] == pytest.approx(4 / 6)
 
 
+def test_stalled_attempts_and_the_steps_spent_on_nothing():
+    rows = [record(0, 0, True, steps=10), record(0, 1, False, steps=100),
+            record(1, 0, False, steps=40, stalled=True), record(1, 1, True, steps=50,
+                                                                 no_second_reason=True)]
+    s = metrics.summarise_records(rows)
+    assert s["num_stalled"] == 1
+    # everything but the one found attempt (10 steps) of 200 found nothing
+    assert s["steps_share_not_found"] == pytest.approx(190 / 200)
+    assert metrics.summarise_records([record(0, 0, True, steps=0)])["steps_share_not_found"] is None
+
+
 def test_run_summary_is_summarise_records_plus_the_run_means():
     s = metrics.run_summary(RECORDS)
     full = metrics.summarise_records(RECORDS)

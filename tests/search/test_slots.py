@@ -23,6 +23,7 @@ def assert_same(streamed: dict, batch, rows, atol):
         assert got.steps[0].tolist() == batch.steps[i].tolist(), i
         assert got.success[0].tolist() == batch.success[i].tolist(), i
         assert got.no_second_reason[0].tolist() == batch.no_second_reason[i].tolist(), i
+        assert got.stalled[0].tolist() == batch.stalled[i].tolist(), i
         for name in PER_ATTEMPT:
             np.testing.assert_allclose(getattr(got, name)[0], getattr(batch, name)[i], atol=atol,
                                        err_msg=f"{name} of example {i}")
@@ -41,6 +42,19 @@ def test_fewer_slots_than_examples_give_the_batch_engine_results(explainer):
     batch = explainer.explain(images, targets, example_ids=ids)
     # the test means something only if the searches end at different steps
     assert len(set(batch.steps.ravel().tolist())) >= 3 and batch.success.any() and not batch.success.all()
+    streamed = dict(explainer.explain_stream(iter(images), targets, example_ids=ids, slots=3,
+                                             chunk_steps=4))
+    assert_same(streamed, batch, range(len(images)), atol=1e-5)
+
+
+def test_a_stalled_search_frees_its_slot_and_matches_the_batch_engine():
+    """The stall rule ends the second attempts early (search/loop.py); the slot engine refills
+    their slots at once and still writes the batch engine's results."""
+    images, targets, ids = uneven_inputs()
+    explainer = Explainer(toy_generator(), mean_colour_classifier(),
+                          config(**{"stall.window": 5}))
+    batch = explainer.explain(images, targets, example_ids=ids)
+    assert batch.stalled[:, 1].all() and batch.success[:, 0].all()
     streamed = dict(explainer.explain_stream(iter(images), targets, example_ids=ids, slots=3,
                                              chunk_steps=4))
     assert_same(streamed, batch, range(len(images)), atol=1e-5)

@@ -69,26 +69,35 @@ def test_results_csv_quotes_line_breaks_separators_and_quotes(tmp_path):
 
 
 def test_a_rerun_without_work_keeps_the_throughput_of_the_runs_that_did_it(tmp_path):
-    first = run_throughput.carry_over(None, {"elapsed_seconds": 20.0, "flip_rate": 0.5}, produced=40)
+    first = run_throughput.carry_over(None, {"elapsed_seconds": 20.0, "flip_rate": 0.5},
+                                      produced=40, found=30)
     assert first["counterfactuals_per_second"] == pytest.approx(2.0)
+    assert first["found_per_second"] == pytest.approx(1.5)
     workdir.write_summary(str(tmp_path), first)
     rerun = run_throughput.carry_over(workdir.read_summary(str(tmp_path)),
-                                      {"elapsed_seconds": 0.0003, "flip_rate": 0.5}, produced=0)
+                                      {"elapsed_seconds": 0.0003, "flip_rate": 0.5}, produced=0,
+                                      found=0)
     assert rerun["counterfactuals_per_second"] == pytest.approx(2.0)
+    assert rerun["found_per_second"] == pytest.approx(1.5)
     assert rerun["elapsed_seconds"] == pytest.approx(20.0) and len(rerun["runs"]) == 1
     workdir.write_summary(str(tmp_path), rerun)
     resumed = run_throughput.carry_over(workdir.read_summary(str(tmp_path)),
-                                        {"elapsed_seconds": 10.0}, produced=10)
+                                        {"elapsed_seconds": 10.0}, produced=10, found=3)
     assert [r["counterfactuals"] for r in resumed["runs"]] == [40, 10]
+    assert [r["found"] for r in resumed["runs"]] == [30, 3]
     assert resumed["counterfactuals_per_second"] == pytest.approx(50 / 30)
+    assert resumed["found_per_second"] == pytest.approx(33 / 30)
     assert resumed["runs"][1]["counterfactuals_per_second"] == pytest.approx(1.0)
+    assert resumed["runs"][1]["found_per_second"] == pytest.approx(0.3)
 
 
 def test_a_summary_written_before_runs_were_listed_counts_as_one_run(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"counterfactuals_per_second": 0.5,
                                                        "elapsed_seconds": 80.0}))
     carried = run_throughput.carry_over(workdir.read_summary(str(tmp_path)),
-                                        {"elapsed_seconds": 0.001}, 0)
-    assert carried["runs"] == [{"counterfactuals": 40, "elapsed_seconds": 80.0,
-                                "counterfactuals_per_second": 0.5}]
+                                        {"elapsed_seconds": 0.001}, 0, 0)
+    assert carried["runs"] == [{"counterfactuals": 40, "found": None, "elapsed_seconds": 80.0,
+                                "counterfactuals_per_second": 0.5, "found_per_second": None}]
+    # its found counterfactuals were not counted: no rate rather than a wrong one
+    assert carried["found_per_second"] is None
     assert carried["counterfactuals_per_second"] == pytest.approx(0.5)

@@ -18,12 +18,15 @@ from sce_jax.workdir import records
 ])
 def test_outcome_says_what_a_record_means(success, near, spot, expected):
     assert records.outcome(success, near, spot) == expected
+    if expected == "not_found":  # ended by the stall rule instead of its budget
+        assert records.outcome(success, near, spot, stalled=True) == "stalled"
 
 
 def _result(b=1, k=2, **overrides):
     fields = dict(prediction=[3], prob_prediction=[0.9], target=[3], target_value=[0.0],
                   prob_before=[0.1], near_boundary=[False], success=[[True, True]],
                   nonfinite=[[False, True]], steps=[[4, 9]], no_second_reason=[[False, False]],
+                  stalled=[[False, False]],
                   latent_l1=[[0.1, 0.2]], latent_l2=[[0.3, 0.4]], pixel_l1=[[0.01, 0.02]],
                   pixel_l2=[[0.5, 0.6]])
     fields.update(overrides)
@@ -46,6 +49,10 @@ def test_a_record_is_judged_on_the_written_image():
     assert not records.counterfactual_record(_result(), 0, 1, success8=True, **common)["success"]
     near = records.counterfactual_record(_result(near_boundary=[True]), 0, 0, success8=True, **common)
     assert near["outcome"] == "near_boundary"
+    # a search the stall rule ended: no counterfactual, and it says so
+    stalled = records.counterfactual_record(_result(success=[[False, False]], stalled=[[True, False]]),
+                                            0, 0, success8=False, **common)
+    assert stalled["stalled"] and stalled["outcome"] == "stalled" and stalled["steps"] == 4
 
 
 def test_attempt_quality_figures():
