@@ -50,7 +50,7 @@ SUMMARY_FIELDS = (
     ("mean_pixel_l2", "mean pixel L2 distance (successful)", "number"),
     ("mean_changed_fraction", "mean share of pixels changed (successful)", "percent"),
     ("mean_steps", "mean optimisation steps", "number"),
-    ("num_stalled", "attempts ended early: p(target) stopped rising", "int"),
+    ("num_stalled", "attempts ended early (stalled: no progress, or too slow for the goal)", "int"),
     ("steps_share_not_found", "share of search steps spent on attempts that found nothing", "percent"),
     ("found_per_second", "found counterfactuals per second (runs that did work)", "number"),
     ("counterfactuals_per_second", "counterfactuals (attempts) per second", "number"),
@@ -268,8 +268,8 @@ def _counterfactual_card(record: Mapping[str, Any], names: _Names, images: _Imag
         mark += (' <span class="failed" title="the original was already within the boundary '
                  'margin: a tiny change flips it">(original near the boundary: no explanation)</span>')
     if record.get("outcome") == "stalled":
-        mark += (' <span class="failed" title="p(target) stopped rising: the search ended before '
-                 'its step budget">(stalled)</span>')
+        mark += (' <span class="failed" title="no progress, or too slow to reach the goal in its '
+                 'budget: the search ended early">(stalled)</span>')
     if record.get("outcome") == "no_second_reason":
         mark = ('<span class="failed" title="only a spot painted into empty background flipped '
                 'the decision">no second reason found</span>')
