@@ -28,7 +28,7 @@ def outcome(success: bool, near_boundary: bool, no_second_reason: bool, stalled:
     """``near_boundary``: the original was already within the search's boundary margin, so
     whatever flipped it is no explanation; ``no_second_reason``: a later attempt could only
     flip the decision with a spot in empty background; ``stalled``: no counterfactual, and the
-    search ended before its budget because p(target) stopped rising (``steps`` says when);
+    search ended before its budget: no progress, or too slow for the goal (``steps`` says when);
     else ``found`` / ``not_found`` (the whole budget spent)."""
     if near_boundary:
         return "near_boundary"
