@@ -190,8 +190,8 @@ def shipped_demo_config(demo: str, data_file: str, *, image_size: tuple[int, int
     same run on the demo's validation images (``validation_file``), where settings are chosen:
     the test images the README reports are never tuned on."""
     c = base_run_config()
-    source = validation_file if arg == "validation" and validation_file else data_file
-    c.data.source = asset_path(demo, source, must_exist=False)
+    validation = arg == "validation" and validation_file is not None
+    c.data.source = asset_path(demo, validation_file if validation else data_file, must_exist=False)
     c.data.image_size = tuple(image_size)
     c.data.channels = channels
     c.generator.checkpoint = asset_path(demo, "autoencoder", must_exist=False)
@@ -207,7 +207,7 @@ def shipped_demo_config(demo: str, data_file: str, *, image_size: tuple[int, int
         c.batch_size = 2
         c.search.steps = 5
         c.search.smoothing.num_samples = 2
-    elif arg not in (None, "") and not (arg == "validation" and validation_file):
+    elif arg not in (None, "") and not validation:
         choices = "nothing, 'tiny'" + (" or 'validation'" if validation_file else "")
         raise ValueError(f"unknown config argument {arg!r}; use {choices}")
     return c

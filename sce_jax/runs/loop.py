@@ -362,8 +362,8 @@ def _finish(run: RunContext, dataset: Dataset, plan: _Plan, elapsed: float, coun
                else workdir_files.assemble_manifest(workdir))
     explained = {r["example_id"] for r in records}
     summary = {**run_summary(records), "elapsed_seconds": elapsed,
-               "counterfactuals_per_second": counts.counterfactuals / elapsed if elapsed > 0 else None,
-               "found_per_second": counts.found / elapsed if elapsed > 0 else None,
+               "counterfactuals_per_second": run_throughput.per_second(counts.counterfactuals, elapsed),
+               "found_per_second": run_throughput.per_second(counts.found, elapsed),
                "complete": explained >= set(_whole_share(dataset, plan).tolist())}
     if process_index != 0:
         return summary

@@ -86,8 +86,7 @@ class LoopState(NamedTuple):
     best_z: jax.Array        # the evaluated latent z + offset of the best state
     best_mask: jax.Array
     best_p: jax.Array        # (B,) target probability of best_z
-    best_odds: jax.Array     # (B,) m_t: the best log-odds of p(target) so far (stall rule)
-    odds_ring: jax.Array     # (B, W) m of the last W steps, at index step % W (W >= 1)
+    odds_ring: jax.Array     # (B, W) m_t = logit(best_p) of the last W steps, at step % W
     stalled: jax.Array       # (B,) bool: ended by the stall rule
 
 
@@ -159,7 +158,6 @@ class AttemptStep:
             best_z=inp.z0,
             best_mask=self.allowed,
             best_p=jnp.full(valid.shape, -1.0, jnp.float32),
-            best_odds=jnp.full(valid.shape, -jnp.inf, jnp.float32),
             odds_ring=jnp.full(valid.shape + (max(self.settings.stall.window, 1),), -jnp.inf,
                                jnp.float32),
             stalled=jnp.zeros_like(valid),
@@ -232,7 +230,7 @@ class AttemptStep:
         best_p = jnp.where(improve, p, s.best_p)
         success = s.success | (active & finite & reached)
         nonfinite = s.nonfinite | (active & ~finite)
-        best_odds, odds_ring, stalled = self._stall(s, p, finite & ~reached)
+        odds_ring, stalled = self._stall(s, best_p, finite & ~reached)
         done = s.done | success | nonfinite | stalled
         steps_used = jnp.where(active, s.step, s.steps_used)
 
@@ -264,30 +262,30 @@ class AttemptStep:
             latent_mask=objectives.tree_select(keep, latent_mask, s.latent_mask),
             done=done, success=success, nonfinite=nonfinite, steps_used=steps_used,
             best_z=best_z, best_mask=best_mask, best_p=best_p,
-            best_odds=best_odds, odds_ring=odds_ring, stalled=stalled)
+            odds_ring=odds_ring, stalled=stalled)
 
-    def _stall(self, s: LoopState, p: jax.Array, open_: jax.Array):
-        """The stall rule of the module docstring: the new ``(m, ring, stalled)``; ``open_`` is
-        where the example was judged and has not reached its goal."""
+    def _stall(self, s: LoopState, best_p: jax.Array, open_: jax.Array):
+        """The stall rule of the module docstring: the new ``(ring, stalled)``. ``best_p`` is the
+        best confined p(target) after this step (so ``m_t = logit(best_p)``, -inf while none);
+        ``open_`` is where the example was judged and has not reached its goal."""
         cfg, budget = self.settings.stall, self.settings.steps
-        window = max(cfg.window, 1)
-        q = jnp.clip(p, 1e-30, 1.0 - 1e-7)  # float32: far from the goal, progress still shows
-        odds = jnp.log(q) - jnp.log1p(-q)
+        if cfg.window <= 0:
+            return s.odds_ring, s.stalled
+        window = cfg.window
+        q = jnp.clip(best_p, 1e-30, 1.0 - 1e-7)  # float32: far from the goal, progress still shows
+        best = jnp.where(best_p >= 0, jnp.log(q) - jnp.log1p(-q), -jnp.inf)
         active = ~s.done
-        best = jnp.where(active & self.confined(s.step), jnp.maximum(s.best_odds, odds), s.best_odds)
         slot = (s.step % window)[:, None]
         before = jnp.take_along_axis(s.odds_ring, slot, axis=1)[:, 0]   # m_{t-W}
         ring = jnp.where((jnp.arange(window)[None, :] == slot) & active[:, None], best[:, None],
                          s.odds_ring)
-        if cfg.window <= 0:
-            return best, ring, s.stalled
         rise = jnp.where(before > -jnp.inf, best - before, jnp.inf)
         left = (budget - s.step - 1).astype(jnp.float32)
         goal = min(max(float(self.settings.goal_probability), 1e-6), 1.0 - 1e-6)
         needed = math.log(goal) - math.log1p(-goal) - best
         late = (s.step >= cfg.after * budget) & (cfg.slack * rise / window * left < needed)
         hopeless = (left > 0) & (best > -jnp.inf) & ((rise < cfg.min_rise) | late)
-        return best, ring, s.stalled | (active & open_ & hopeless)
+        return ring, s.stalled | (active & open_ & hopeless)
 
     def finish(self, s: LoopState, valid: jax.Array) -> AttemptResult:
         """The attempt's result from its last state.

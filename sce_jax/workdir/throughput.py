@@ -30,15 +30,16 @@ def _previous_runs(previous: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return []
 
 
-def _per_second(count: int | None, elapsed: float) -> float | None:
+def per_second(count: int | None, elapsed: float) -> float | None:
+    """``count / elapsed``; None for no count or no time."""
     return count / elapsed if count is not None and elapsed > 0 else None
 
 
 def _entry(counterfactuals: int, found: int | None, elapsed: float) -> dict[str, Any]:
     return {"counterfactuals": int(counterfactuals),
             "found": None if found is None else int(found), "elapsed_seconds": float(elapsed),
-            "counterfactuals_per_second": _per_second(counterfactuals, elapsed),
-            "found_per_second": _per_second(found, elapsed)}
+            "counterfactuals_per_second": per_second(counterfactuals, elapsed),
+            "found_per_second": per_second(found, elapsed)}
 
 
 def carry_over(previous: Mapping[str, Any] | None, summary: Mapping[str, Any],
@@ -63,8 +64,8 @@ def _totals(runs: list[dict[str, Any]]) -> dict[str, Any]:
     total_found = None if any(f is None for f in found) else sum(found)
     total_s = sum(r["elapsed_seconds"] for r in runs)
     return {"runs": runs, "elapsed_seconds": total_s,
-            "counterfactuals_per_second": _per_second(total_cf, total_s),
-            "found_per_second": _per_second(total_found, total_s)}
+            "counterfactuals_per_second": per_second(total_cf, total_s),
+            "found_per_second": per_second(total_found, total_s)}
 
 
 def combine(summaries: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
